@@ -7,17 +7,25 @@ dest=$1
 python=$2
 src=$(cd "$(dirname "$0")/.." && pwd)
 
-rm -rf "$dest"
 mkdir -p "$dest"
 cd "$src"
+list=$(mktemp)
+trap 'rm -f "$list" "$list.old"' EXIT
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     # tracked files plus new ones that .gitignore does not exclude, as in the working tree
     git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
         [ -e "$f" ] && printf '%s\0' "$f"
-    done | tar --null -T - -cf - | tar -xf - -C "$dest"
+    done > "$list"
 else
-    tar --exclude=./.venv --exclude=./.build --exclude=./.git --exclude=./tests/output -cf - . | tar -xf - -C "$dest"
+    find . \( -path ./.venv -o -path ./.build -o -path ./.git -o -path ./tests/output \) -prune -o -type f -print0 |
+        sed -z 's|^\./||' > "$list"
 fi
+# Refresh in place (others may be running tests in the copy): drop files that are gone, copy the rest.
+if [ -d "$dest/.git" ]; then
+    git -C "$dest" ls-files -z --cached --others --exclude-standard > "$list.old"
+    comm -z -23 <(sort -z "$list.old") <(sort -z "$list") | (cd "$dest" && xargs -0 -r rm -f)
+fi
+tar --null -T "$list" -cf - | tar -xf - -C "$dest"
 
 # The copy sits inside this (ignored) checkout; its own git repository keeps ansible-test from listing
 # files through the outer one, where everything under .build is ignored.
