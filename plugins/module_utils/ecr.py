@@ -1,0 +1,304 @@
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one thin layer around the boto3 ECR client.
+
+Everything in the collection that talks to the ECR API goes through :class:`EcrRepository`; nothing
+else imports boto3 or botocore. It does three jobs:
+
+- the API calls the pull and push use, with ECR's answers turned into plain Python values;
+- error translation: an ECR error code becomes an :class:`EcrkitError` subclass whose message says, in
+  the operator's terms, what was wrong and what to do (and never carries a URL or a credential);
+- the retry policy: ``ThrottlingException``, ``ServerException`` and dropped connections are retried
+  with full-jitter exponential backoff (as amazon.aws's ``jittered_backoff``), bounded by
+  :class:`RetryPolicy`, and every call and retry is counted so results can report them.
+
+botocore's own retries are switched off for this client (see :func:`client_config`), so the counts are
+the real number of requests.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+try:
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError, ReadTimeoutError
+except ImportError:  # AnsibleAWSModule reports a missing botocore to the user
+    BotoCoreError = ClientError = BotoConnectionError = Exception  # type: ignore[misc,assignment]
+    NoCredentialsError = PartialCredentialsError = ReadTimeoutError = Exception  # type: ignore[misc,assignment]
+
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.reference import ImageRef
+
+
+class EcrApiError(EcrkitError):
+    """An ECR API call failed in a way the operator has to act on.
+
+    ``aws_code`` is ECR's error code (empty when the call never got an answer), for callers that treat
+    some codes as outcomes rather than failures.
+    """
+
+    code = "ecr_api_error"
+
+    def __init__(self, message: str, aws_code: str = "") -> None:
+        super().__init__(message)
+        self.aws_code = aws_code
+
+
+class RepositoryNotFoundError(EcrApiError):
+    code = "repository_not_found"
+
+
+class ImageNotFoundError(EcrApiError):
+    code = "image_not_found"
+
+
+class LayerNotFoundError(EcrApiError):
+    code = "layer_not_found"
+
+
+class CredentialsError(EcrApiError):
+    code = "credentials"
+
+
+class AccessDeniedError(EcrApiError):
+    code = "access_denied"
+
+
+class EndpointError(EcrApiError):
+    code = "endpoint_unreachable"
+
+
+# Error codes worth another try: ECR's transient server error, throttling under its various names.
+RETRYABLE_CODES = frozenset((
+    "ThrottlingException", "ThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
+    "ServerException", "InternalFailure", "ServiceUnavailable", "RequestTimeout",
+))
+CREDENTIAL_CODES = frozenset((
+    "UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException",
+    "InvalidClientTokenId", "SignatureDoesNotMatch", "MissingAuthenticationTokenException",
+    "AuthFailure", "RequestExpired",
+))
+ACCESS_DENIED_CODES = frozenset(("AccessDeniedException", "AccessDenied", "UnauthorizedOperation"))
+
+MAX_LAYER_DIGESTS_PER_CHECK = 100  # BatchCheckLayerAvailability's limit
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient ECR errors are retried: full-jitter exponential backoff.
+
+    ``attempts`` counts the first try: ``attempts=1`` means no retry. The n-th retry sleeps a random
+    time between 0 and ``min(max_delay, base_delay * 2**n)`` seconds.
+    """
+
+    attempts: int = 10
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def delay(self, retry_number: int, rng: Callable[[float, float], float] = random.uniform) -> float:
+        return rng(0.0, min(self.max_delay, self.base_delay * (2 ** retry_number)))
+
+
+def client_config(ref: ImageRef) -> dict[str, Any]:
+    """botocore client settings for ``ref``: our retry loop instead of botocore's, and the endpoint
+    variant (FIPS, dual-stack) the reference's registry host names."""
+    config: dict[str, Any] = {"retries": {"total_max_attempts": 1, "mode": "standard"}}
+    if ref.fips:
+        config["use_fips_endpoint"] = True
+    if ref.dual_stack:
+        config["use_dualstack_endpoint"] = True
+    return config
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError) and hasattr(exc, "response"):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, ClientError) and hasattr(exc, "response"):
+        return str(exc.response.get("Error", {}).get("Message", "")).rstrip(".")
+    return str(exc).rstrip(".")
+
+
+class EcrRepository:
+    """The ECR API calls on one repository, with retries, counting and error translation."""
+
+    def __init__(self, client: Any, ref: ImageRef, retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._client = client
+        self.ref = ref
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self.api_calls = 0
+        self.retries = 0
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return f"repository '{self.ref.repository}' in registry {self.ref.registry_id} ({self.ref.region})"
+
+    def _params(self, **params: Any) -> dict[str, Any]:
+        return dict(registryId=self.ref.registry_id, repositoryName=self.ref.repository, **params)
+
+    def _count(self, retry: bool) -> None:
+        with self._lock:
+            self.api_calls += 1
+            if retry:
+                self.retries += 1
+
+    def call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """Call ``operation`` (the boto3 method name) with retries; translate the final error."""
+        method = getattr(self._client, operation)
+        attempt = 0
+        while True:
+            self._count(retry=attempt > 0)
+            try:
+                return method(**params)
+            except (ClientError, BotoConnectionError, ReadTimeoutError) as exc:
+                transient = error_code(exc) in RETRYABLE_CODES or not isinstance(exc, ClientError)
+                attempt += 1
+                if not transient or attempt >= self.retry.attempts:
+                    raise self.translate(operation, exc, retries=attempt - 1) from None
+                self._sleep(self.retry.delay(attempt - 1))
+            except (NoCredentialsError, PartialCredentialsError) as exc:
+                raise self.translate(operation, exc) from None
+            except BotoCoreError as exc:
+                raise self.translate(operation, exc) from None
+
+    def translate(self, operation: str, exc: BaseException, retries: int = 0) -> EcrApiError:
+        """One sentence for the operator about a failed call; never the exception's repr."""
+        error = self._translate(operation, exc, retries)
+        error.aws_code = error_code(exc)
+        return error
+
+    def _translate(self, operation: str, exc: BaseException, retries: int) -> EcrApiError:
+        code = error_code(exc)
+        detail = _error_message(exc)
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return CredentialsError(
+                "No usable AWS credentials were found: set access_key/secret_key or profile, or give the host "
+                "an instance role or the usual AWS environment variables.")
+        if code in CREDENTIAL_CODES:
+            return CredentialsError(
+                f"AWS rejected the credentials ({code}: {detail}); check that the access key, secret key and "
+                "session token are current and belong together, and that the host clock is right.")
+        if code in ACCESS_DENIED_CODES:
+            return AccessDeniedError(
+                f"Access denied calling ECR {_api_name(operation)} on {self._where} ({detail}); grant the "
+                f"caller ecr:{_api_name(operation)} on that repository.")
+        if code == "RepositoryNotFoundException":
+            return RepositoryNotFoundError(
+                f"The {self._where} does not exist; check the reference's account, region and repository name.")
+        if code in RETRYABLE_CODES:
+            return EcrApiError(
+                f"ECR kept answering {_api_name(operation)} with {code} after {retries} retries; try again later "
+                "or raise the retry limit.")
+        if not isinstance(exc, ClientError):
+            return EndpointError(
+                f"Could not reach the ECR API for {_api_name(operation)} ({detail}); check the network, proxy "
+                "and endpoint_url.")
+        return EcrApiError(f"ECR {_api_name(operation)} on {self._where} failed: {code}: {detail}.")
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def get_manifest(self, image_id: dict[str, str], accepted_media_types: Sequence[str]) -> tuple[bytes, str, str]:
+        """BatchGetImage for one image: ``(exact manifest bytes, media type, digest ECR reports)``."""
+        answer = self.call("batch_get_image", **self._params(
+            imageIds=[image_id], acceptedMediaTypes=list(accepted_media_types)))
+        failures = answer.get("failures") or []
+        images = answer.get("images") or []
+        if failures and not images:
+            failure = failures[0]
+            reason = failure.get("failureReason") or failure.get("failureCode") or "unknown reason"
+            what = _describe_image_id(image_id)
+            if failure.get("failureCode") == "ImageNotFound":
+                return_error: EcrApiError = ImageNotFoundError(
+                    f"The image {what} does not exist in {self._where}; check the tag or digest.")
+            else:
+                return_error = EcrApiError(f"ECR could not return the image {what} from {self._where}: "
+                                           f"{failure.get('failureCode')}: {reason}.")
+            raise return_error
+        if not images:
+            raise EcrApiError(f"ECR returned no image for {_describe_image_id(image_id)} in {self._where}.")
+        image = images[0]
+        manifest = image.get("imageManifest")
+        if not isinstance(manifest, str):
+            raise EcrApiError(f"ECR returned the image {_describe_image_id(image_id)} without its manifest.")
+        return (manifest.encode("utf-8"), str(image.get("imageManifestMediaType") or ""),
+                str(image.get("imageId", {}).get("imageDigest") or ""))
+
+    def get_download_url(self, digest: str) -> str:
+        """GetDownloadUrlForLayer: a presigned URL for a blob. The URL is a credential: never show it."""
+        try:
+            answer = self.call("get_download_url_for_layer", **self._params(layerDigest=digest))
+        except EcrApiError as exc:
+            if exc.aws_code in ("LayersNotFoundException", "LayerInaccessibleException"):
+                raise LayerNotFoundError(
+                    f"ECR has no downloadable blob {digest} in {self._where} (an image references a layer the "
+                    "repository no longer holds); re-push the image.") from None
+            raise
+        return str(answer["downloadUrl"])
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def repository_exists(self) -> bool:
+        try:
+            self.call("describe_repositories", registryId=self.ref.registry_id, repositoryNames=[self.ref.repository])
+        except RepositoryNotFoundError:
+            return False
+        return True
+
+    def create_repository(self, tag_mutability: str | None = None) -> None:
+        params: dict[str, Any] = self._params()
+        if tag_mutability:
+            params["imageTagMutability"] = tag_mutability
+        self.call("create_repository", **params)
+
+    def missing_blobs(self, digests: Iterable[str]) -> list[str]:
+        """BatchCheckLayerAvailability in batches of 100: the digests ECR does not have, in input order."""
+        wanted = list(dict.fromkeys(digests))
+        available: set[str] = set()
+        for start in range(0, len(wanted), MAX_LAYER_DIGESTS_PER_CHECK):
+            batch = wanted[start:start + MAX_LAYER_DIGESTS_PER_CHECK]
+            answer = self.call("batch_check_layer_availability", **self._params(layerDigests=batch))
+            available.update(layer["layerDigest"] for layer in answer.get("layers") or []
+                             if layer.get("layerAvailability") == "AVAILABLE")
+        return [digest for digest in wanted if digest not in available]
+
+
+def _api_name(operation: str) -> str:
+    """``batch_get_image`` -> ``BatchGetImage`` (as IAM actions and the API reference spell it)."""
+    return "".join(word.capitalize() for word in operation.split("_"))
+
+
+def _describe_image_id(image_id: dict[str, str]) -> str:
+    if "imageTag" in image_id and "imageDigest" in image_id:
+        return f"with tag '{image_id['imageTag']}' and digest {image_id['imageDigest']}"
+    if "imageTag" in image_id:
+        return f"with tag '{image_id['imageTag']}'"
+    return f"with digest {image_id.get('imageDigest')}"
+
+
+def connect(module: Any, ref: ImageRef, retry: RetryPolicy | None = None) -> EcrRepository:
+    """The one place that builds the boto3 client: through AnsibleAWSModule, so every amazon.aws
+    connection option (profile, keys, endpoint_url, validate_certs, aws_ca_bundle, aws_config) applies,
+    pointed at the reference's region."""
+    client = module.client("ecr", region=ref.region, config=client_config(ref))
+    return EcrRepository(client, ref, retry)
+
+
+def blob_tls_verify(params: dict[str, Any]) -> bool | str:
+    """TLS verification for blob downloads, from the same options as the API client's
+    (``validate_certs`` and ``aws_ca_bundle``), so a private CA applies to both."""
+    if params.get("validate_certs", True) is False:
+        return False
+    return params.get("aws_ca_bundle") or True

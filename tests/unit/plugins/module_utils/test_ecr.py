@@ -1,0 +1,171 @@
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""EcrRepository against the local ECR endpoint, through real boto3 calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from ansible_collections.ecrkit.images.plugins.module_utils import ecr
+from ansible_collections.ecrkit.images.plugins.module_utils.reference import parse_reference
+
+EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
+if EMULATOR_DIR not in sys.path:
+    sys.path.insert(0, EMULATOR_DIR)
+
+# pylint: disable=wrong-import-position,unused-import
+from fixture import ecr_endpoint, push_image  # noqa: E402,F401
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ACCEPTED = [OCI_MANIFEST, "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json"]
+
+
+def make_repository(endpoint, name="team/app", tag="1.0", **kwargs):
+    ref = parse_reference(f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/{name}:{tag}")
+    sleeps = []
+    repository = ecr.EcrRepository(endpoint.client(), ref, kwargs.pop("retry", ecr.RetryPolicy(attempts=4)),
+                                   sleep=sleeps.append)
+    return repository, sleeps
+
+
+@pytest.fixture
+def pushed(ecr_endpoint):  # pylint: disable=redefined-outer-name
+    client = ecr_endpoint.client()
+    client.create_repository(repositoryName="team/app")
+    digest, manifest = push_image(client, "team/app", [b"layer one", b"layer two"], tag="1.0")
+    return ecr_endpoint, digest, manifest
+
+
+def test_get_manifest_by_tag_and_digest_returns_exact_bytes(pushed):
+    endpoint, digest, manifest = pushed
+    repository, dummy = make_repository(endpoint)
+    endpoint.reset_stats()
+    raw, media_type, reported = repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
+    assert raw == manifest.encode("utf-8")
+    assert media_type == OCI_MANIFEST
+    assert reported == digest
+    assert repository.get_manifest({"imageDigest": digest}, ACCEPTED)[0] == raw
+    assert repository.api_calls == 2
+    assert endpoint.api_calls("BatchGetImage") == 2
+
+
+def test_unknown_tag_names_the_tag_and_repository(pushed):
+    endpoint = pushed[0]
+    repository, dummy = make_repository(endpoint)
+    with pytest.raises(ecr.ImageNotFoundError) as info:
+        repository.get_manifest({"imageTag": "2.0"}, ACCEPTED)
+    message = str(info.value)
+    assert "'2.0'" in message and "team/app" in message and endpoint.account_id in message
+
+
+def test_unknown_repository(ecr_endpoint):  # pylint: disable=redefined-outer-name
+    repository, dummy = make_repository(ecr_endpoint, name="no/such")
+    with pytest.raises(ecr.RepositoryNotFoundError) as info:
+        repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
+    assert "'no/such'" in str(info.value)
+    assert info.value.aws_code == "RepositoryNotFoundException"
+    assert repository.retries == 0
+    assert not repository.repository_exists()
+
+
+def test_wrong_secret_is_a_credentials_error(ecr_endpoint):  # pylint: disable=redefined-outer-name
+    ref = parse_reference(f"{ecr_endpoint.account_id}.dkr.ecr.us-east-1.amazonaws.com/team/app:1.0")
+    client = ecr_endpoint.client(aws_secret_access_key="not-the-secret")
+    repository = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=3), sleep=lambda seconds: None)
+    with pytest.raises(ecr.CredentialsError) as info:
+        repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
+    assert "not-the-secret" not in str(info.value)
+    assert repository.api_calls == 1
+
+
+def test_throttling_is_retried_and_counted(pushed):
+    endpoint = pushed[0]
+    repository, sleeps = make_repository(endpoint)
+    endpoint.set_faults("throttle:every=1,count=2")
+    raw = repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)[0]
+    assert raw == pushed[2].encode("utf-8")
+    assert repository.retries == 2
+    assert repository.api_calls == 3
+    assert len(sleeps) == 2
+
+
+def test_server_errors_past_the_limit_fail_clearly(pushed):
+    endpoint = pushed[0]
+    repository, sleeps = make_repository(endpoint, retry=ecr.RetryPolicy(attempts=3))
+    endpoint.set_faults("server-error:every=1")
+    with pytest.raises(ecr.EcrApiError) as info:
+        repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
+    assert "ServerException" in str(info.value) and "2 retries" in str(info.value)
+    assert repository.api_calls == 3 and len(sleeps) == 2
+
+
+def test_download_url_and_missing_layer(pushed):
+    endpoint, digest = pushed[0], pushed[1]
+    repository, dummy = make_repository(endpoint)
+    manifest = repository.get_manifest({"imageDigest": digest}, ACCEPTED)[0]
+    layer = json.loads(manifest)["layers"][0]["digest"]
+    status, dummy, body = endpoint.fetch(repository.get_download_url(layer))
+    assert status == 200 and body == b"layer one"
+    absent = "sha256:" + "0" * 64
+    with pytest.raises(ecr.LayerNotFoundError) as info:
+        repository.get_download_url(absent)
+    assert absent in str(info.value)
+    assert "X-Amz" not in str(info.value)
+
+
+def test_missing_blobs_batches_by_100(pushed):
+    endpoint = pushed[0]
+    repository, dummy = make_repository(endpoint)
+    manifest = json.loads(pushed[2])
+    present = [layer["digest"] for layer in manifest["layers"]]
+    absent = [f"sha256:{number:064x}" for number in range(150)]
+    endpoint.reset_stats()
+    assert repository.missing_blobs(present + absent + present) == absent
+    assert endpoint.api_calls("BatchCheckLayerAvailability") == 2
+
+
+def test_unreachable_endpoint_is_an_endpoint_error(ecr_endpoint):  # pylint: disable=redefined-outer-name
+    # nothing listens on the discard port
+    client = boto3.client("ecr", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+                          config=Config(retries={"total_max_attempts": 1}, connect_timeout=2),
+                          **ecr_endpoint.credentials())
+    ref = parse_reference("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app")
+    repository = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=2), sleep=lambda seconds: None)
+    with pytest.raises(ecr.EndpointError) as info:
+        repository.get_manifest({"imageTag": "latest"}, ACCEPTED)
+    assert "Could not reach the ECR API for BatchGetImage" in str(info.value)
+    assert repository.api_calls == 2
+
+
+def test_retry_policy_delays_are_bounded():
+    policy = ecr.RetryPolicy(attempts=5, base_delay=1.0, max_delay=3.0)
+    assert [policy.delay(number, rng=lambda low, high: high) for number in range(4)] == [1.0, 2.0, 3.0, 3.0]
+    assert all(0.0 <= policy.delay(number) <= 3.0 for number in range(10))
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com", {}),
+    ("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com", {"use_fips_endpoint": True}),
+    ("123456789012.dkr-ecr.us-east-1.on.aws", {"use_dualstack_endpoint": True}),
+])
+def test_client_config_follows_the_registry_host(host, expected):
+    config = ecr.client_config(parse_reference(f"{host}/team/app:1"))
+    assert config.pop("retries") == {"total_max_attempts": 1, "mode": "standard"}
+    assert config == expected
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({}, True),
+    ({"validate_certs": True, "aws_ca_bundle": "/etc/ca.pem"}, "/etc/ca.pem"),
+    ({"validate_certs": False, "aws_ca_bundle": "/etc/ca.pem"}, False),
+])
+def test_blob_tls_verify(params, expected):
+    assert ecr.blob_tls_verify(params) == expected
