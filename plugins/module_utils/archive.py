@@ -1,0 +1,888 @@
+# -*- coding: utf-8 -*-
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""oci-archive and docker-archive files: writing them from an OCI layout, reading them without extracting.
+
+Writing (the pull side) streams blobs from an :class:`OciLayout` into a tar, re-hashing each blob on the
+way so that an archive never carries a blob whose bytes do not match its digest. Archives are
+deterministic (sorted members, mtime 0, uid/gid 0, no user names, modes 0644/0755, PAX format, which
+only adds an extended header for a member over 8 GiB) and atomic: written to a temporary file beside
+the destination, fsynced, renamed over it. A destination that is a symbolic link is refused.
+
+- oci-archive: a tar of an OCI image layout holding exactly one image (its index or manifest, child
+  manifests, configs and layers) and an ``index.json`` with one entry, tagged with the ref.name
+  annotation: what ``skopeo copy oci-archive:FILE ...`` reads.
+- docker-archive: what ``docker save`` writes since Docker 25: ``manifest.json``
+  (``[{"Config": ..., "RepoTags": [...], "Layers": [...]}]``) naming files under ``blobs/sha256/``,
+  plus ``oci-layout`` and ``index.json`` over the same blobs (one entry per repository tag, annotated
+  with ``io.containerd.image.name`` and ref.name as Docker does), so the archive keeps the exact
+  manifest, and its digest, that was pulled. Layers are stored as they are (gzip or not): ``docker
+  load`` and skopeo decompress them. One platform only: the caller selects it. The legacy
+  ``repositories`` file and per-layer ``<id>/`` directories are not written: every loader since
+  Docker 1.10 reads ``manifest.json``, and the ``repositories`` file would name legacy layer IDs
+  that this archive does not have.
+
+Reading (the push side) scans the tar headers once and then serves members by name through
+positional reads on the file: nothing is extracted, any number of members can be streamed at once.
+An archive compressed as a whole (gzip, bzip2 or xz, as ``docker save | gzip`` makes) is decompressed,
+streaming, into an anonymous temporary file (``tmpdir``, default the system's) that disappears when
+the archive is closed or the process dies; zstd is refused with a message saying how to decompress
+it. Hostile archives are refused with :class:`UnsafeArchiveError` when they are opened: absolute
+member names, ``..`` components, links whose target is absolute or leaves the archive, duplicate
+members, device and FIFO members, sparse files. Links inside the archive (Docker and skopeo use them
+for repeated layers) are followed within the archive, at most 16 hops. Nothing is ever written
+outside the temporary file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import copy
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable
+
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
+    BLOB_DIGEST_MISMATCH,
+    BLOB_MISSING,
+    BLOB_PRESENT,
+    BLOB_SIZE_MISMATCH,
+    MAX_INDEX_SIZE,
+    MAX_SMALL_BLOB,
+    OCI_INDEX_MEDIA_TYPE,
+    OCI_LAYOUT_VERSION,
+    REF_NAME_ANNOTATION,
+    BlobMismatchError,
+    BlobNotFoundError,
+    LayoutError,
+    OciLayout,
+    check_descriptor,
+    check_size,
+    create_temp,
+    digest_hex,
+    find_in_index,
+    fsync_dir,
+    parse_index,
+    parse_oci_layout,
+    ref_name,
+    translate_os_error,
+)
+
+OCI_ARCHIVE = "oci-archive"
+DOCKER_ARCHIVE = "docker-archive"
+FORMATS = (OCI_ARCHIVE, DOCKER_ARCHIVE)
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_MEDIA_TYPES = (OCI_INDEX_MEDIA_TYPE, DOCKER_MANIFEST_LIST)
+CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
+
+MAX_INDEX_DEPTH = 4
+"""An index inside an index inside ... deeper than this is refused."""
+MAX_LINK_HOPS = 16
+MAX_CONFIG_SIZE = 32 << 20
+
+_CHUNK = 1 << 20
+_TAR_MTIME = 0
+# Docker reference grammar (distribution/reference): optional host[:port]/, lowercase path, :tag.
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?|\[[0-9a-fA-F:.]+\](?::[0-9]+)?)"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO_TAG_RE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*:[\w][\w.-]{{0,127}}")
+_COMPRESSIONS = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+
+
+class ArchiveError(EcrkitError):
+    """An archive that cannot be read or written as asked; the base of this file's errors."""
+
+    code = "archive_error"
+
+
+class ArchiveFormatError(ArchiveError):
+    """Not a tar, not the format asked for, or an archive that does not hold what its index names."""
+
+    code = "invalid_archive"
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive with members that could write or read outside it: refused as a whole."""
+
+    code = "unsafe_archive"
+
+
+# image walking ---------------------------------------------------------------------------------------
+
+def _load_json(store: Any, descriptor: dict[str, Any], where: str) -> dict[str, Any]:
+    if descriptor["size"] > MAX_SMALL_BLOB:
+        raise ArchiveFormatError(f"Manifest {descriptor['digest']} in {where} claims {descriptor['size']} bytes, more than a manifest may have.")
+    data = store.read_blob(descriptor["digest"], MAX_SMALL_BLOB)
+    if len(data) != descriptor["size"]:
+        raise BlobMismatchError(f"Manifest {descriptor['digest']} in {where} is {len(data)} bytes, its descriptor says {descriptor['size']}.")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise ArchiveFormatError(f"Manifest {descriptor['digest']} in {where} is not a JSON object.")
+    return doc
+
+
+def image_blobs(store: Any, top: dict[str, Any], where: str = "the image") -> list[dict[str, Any]]:
+    """Every descriptor an image needs, each once: the top manifest or index, child manifests, configs, layers.
+
+    ``store`` is anything with ``read_blob(digest, max_size)`` (an :class:`OciLayout`, an
+    :class:`OciArchive`). Manifests are read and checked against their digests; configs and layers are
+    only listed. Nested indexes are followed to a depth of ``MAX_INDEX_DEPTH``; a media type that is
+    neither an image manifest nor an index raises ArchiveFormatError.
+    """
+    found: dict[str, dict[str, Any]] = {}
+
+    def visit(descriptor: dict[str, Any], depth: int, path: tuple[str, ...]) -> None:
+        digest = descriptor["digest"]
+        if digest in path or depth > MAX_INDEX_DEPTH:
+            raise ArchiveFormatError(f"The image index {path[0]} in {where} nests indexes too deeply or in a cycle.")
+        found.setdefault(digest, descriptor)
+        media_type = descriptor["mediaType"]
+        if media_type in INDEX_MEDIA_TYPES:
+            doc = _load_json(store, descriptor, where)
+            children = doc.get("manifests")
+            if not isinstance(children, list):
+                raise ArchiveFormatError(f"The image index {digest} in {where} has no list of manifests.")
+            for number, child in enumerate(children):
+                visit(check_descriptor(child, f"manifest {number} of index {digest}"), depth + 1, path + (digest,))
+        elif media_type in MANIFEST_MEDIA_TYPES:
+            doc = _load_json(store, descriptor, where)
+            config = check_descriptor(doc.get("config"), f"the config of manifest {digest}")
+            layers = doc.get("layers")
+            if not isinstance(layers, list):
+                raise ArchiveFormatError(f"The manifest {digest} in {where} has no list of layers.")
+            found.setdefault(config["digest"], config)
+            for number, layer in enumerate(layers):
+                layer = check_descriptor(layer, f"layer {number} of manifest {digest}")
+                found.setdefault(layer["digest"], layer)
+        else:
+            raise ArchiveFormatError(f"{digest} in {where} has media type {media_type}, which is neither an image manifest nor an index.")
+
+    visit(check_descriptor(top, f"the top descriptor of {where}"), 0, ())
+    return list(found.values())
+
+
+# writing ---------------------------------------------------------------------------------------------
+
+class _AtomicFile:
+    """A temporary file beside ``dest`` that replaces ``dest`` on success and vanishes on failure."""
+
+    def __init__(self, dest: str, fsync: bool) -> None:
+        self.dest = os.path.abspath(os.fspath(dest))
+        self.fsync = fsync
+        self.directory = os.path.dirname(self.dest)
+        if not os.path.isdir(self.directory):
+            raise ArchiveError(f"Cannot write {self.dest}: the directory {self.directory} does not exist.")
+        if os.path.islink(self.dest):
+            raise UnsafeArchiveError(f"{self.dest} is a symbolic link (to {os.readlink(self.dest)}); refusing to replace it with an archive.")
+        if os.path.isdir(self.dest):
+            raise ArchiveError(f"Cannot write an archive at {self.dest}: it is a directory.")
+        try:
+            fd, self.tmp = create_temp(self.directory, "." + os.path.basename(self.dest) + ".", ".tmp")
+        except OSError as exc:
+            raise translate_os_error(exc, "creating the archive", self.dest) from None
+        self.handle = os.fdopen(fd, "wb")
+
+    def __enter__(self) -> BinaryIO:
+        return self.handle
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        if exc_type is None:
+            try:
+                self.handle.flush()
+                if self.fsync:
+                    os.fsync(self.handle.fileno())
+                self.handle.close()
+                os.replace(self.tmp, self.dest)
+                if self.fsync:
+                    fsync_dir(self.directory)
+                return
+            except OSError as error:
+                self._discard()
+                raise translate_os_error(error, "writing the archive", self.dest) from None
+        self._discard()
+        if isinstance(exc, OSError):
+            raise translate_os_error(exc, "writing the archive", self.dest) from None
+
+    def _discard(self) -> None:
+        try:
+            self.handle.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads a file handle, hashing what passes, for tarfile.addfile()."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        super().__init__()
+        self._handle = handle
+        self.hasher = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._handle.read(len(buffer))
+        self.hasher.update(data)
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _tarinfo(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.size = 0 if directory else size
+    info.mtime = _TAR_MTIME
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _write_tar(dest: str, layout: OciLayout, blobs: list[dict[str, Any]], files: dict[str, bytes], fsync: bool) -> int:
+    """Write a deterministic tar at ``dest``: the blobs (streamed, re-hashed) and small files; return its size."""
+    members: dict[str, Any] = {"blobs/": None, "blobs/sha256/": None}
+    for blob in blobs:
+        members["blobs/sha256/" + digest_hex(blob["digest"])] = blob
+    members.update(files)
+    for blob in blobs:  # fail before writing anything when a blob is missing or the wrong size
+        status = layout.blob_status(blob["digest"], blob["size"])
+        if status == BLOB_MISSING:
+            raise BlobNotFoundError(f"Blob {blob['digest']} is not in the OCI layout {layout.root}; pull the image again.")
+        if status != BLOB_PRESENT:
+            raise BlobMismatchError(f"Blob {blob['digest']} in the OCI layout {layout.root} is damaged ({status}); pull the image again.")
+    with _AtomicFile(dest, fsync) as out:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_CHUNK) as tar:
+            for name in sorted(members):
+                value = members[name]
+                if value is None:
+                    tar.addfile(_tarinfo(name.rstrip("/"), directory=True))
+                elif isinstance(value, bytes):
+                    tar.addfile(_tarinfo(name, len(value)), io.BytesIO(value))
+                else:
+                    _add_blob(tar, layout, name, value)
+        size = out.tell()
+    return size
+
+
+def _add_blob(tar: tarfile.TarFile, layout: OciLayout, name: str, blob: dict[str, Any]) -> None:
+    digest, size = blob["digest"], blob["size"]
+    with layout.open_blob(digest) as handle:
+        actual = os.fstat(handle.fileno()).st_size
+        if actual != size:
+            raise BlobMismatchError(f"Blob {digest} in {layout.root} is {actual} bytes where {size} were expected; pull the image again.")
+        reader = _HashingReader(handle)
+        tar.addfile(_tarinfo(name, size), reader)
+    if "sha256:" + reader.hasher.hexdigest() != digest:
+        raise BlobMismatchError(f"Blob {digest} in {layout.root} does not hash to its digest; pull the image again.")
+
+
+def _tagged(layout: OciLayout, tag: str) -> dict[str, Any]:
+    top = layout.find_tag(tag)
+    if top is None:
+        tags = ", ".join(layout.list_tags()) or "none"
+        raise BlobNotFoundError(f"No image is tagged {tag} in the OCI layout {layout.root} (its tags: {tags}).")
+    return top
+
+
+def _json_bytes(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _oci_layout_bytes() -> bytes:
+    return _json_bytes({"imageLayoutVersion": OCI_LAYOUT_VERSION})
+
+
+def write_oci_archive(layout: OciLayout, tag: str, dest_path: str, fsync: bool = True) -> dict[str, Any]:
+    """Write the image tagged ``tag`` in ``layout`` as an oci-archive at ``dest_path``.
+
+    The archive holds that image's blobs only and an ``index.json`` with one entry: the tagged
+    descriptor, whose ref.name is ``tag``. Returns ``{"descriptor": <that entry>, "size": <archive
+    bytes>}``. Raises BlobNotFoundError when a blob is missing, BlobMismatchError when one does not
+    match its digest (the destination is then left as it was), ArchiveError for the destination.
+    """
+    top = _tagged(layout, tag)
+    blobs = image_blobs(layout, top, f"the OCI layout {layout.root}")
+    entry = copy.deepcopy(top)
+    entry["annotations"] = dict(entry.get("annotations") or {}, **{REF_NAME_ANNOTATION: tag})
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": [entry]}
+    size = _write_tar(dest_path, layout, blobs, {"index.json": _json_bytes(index), "oci-layout": _oci_layout_bytes()}, fsync)
+    return {"descriptor": entry, "size": size}
+
+
+def check_repo_tag(repo_tag: Any) -> str:
+    """A ``repository:tag`` that ``docker load`` accepts (Docker reference grammar, tag required)."""
+    if not isinstance(repo_tag, str) or not _REPO_TAG_RE.fullmatch(repo_tag) or len(repo_tag.rpartition(":")[0]) > 255:
+        raise ArchiveError(f"{repo_tag!r} is not a repository:tag that a docker-archive can carry (e.g. registry.example/team/app:1.2).")
+    return repo_tag
+
+
+def _containerd_name(repo_tag: str) -> str:
+    """Docker's fully qualified form: ``app:1`` -> ``docker.io/library/app:1``."""
+    first, sep, rest = repo_tag.partition("/")
+    if not sep or ("." not in first and ":" not in first and first != "localhost"):
+        rest = repo_tag if sep else "library/" + repo_tag
+        return "docker.io/" + rest
+    return repo_tag
+
+
+def write_docker_archive(layout: OciLayout, tag: str, dest_path: str, repo_tags: list[str], fsync: bool = True) -> dict[str, Any]:
+    """Write the single-platform image tagged ``tag`` in ``layout`` as a docker-archive at ``dest_path``.
+
+    ``repo_tags`` (``repository:tag`` strings, possibly none) become ``RepoTags`` in ``manifest.json``
+    and entries of ``index.json``. An index (multi-platform image) raises ArchiveError: the caller picks
+    the platform's manifest first. Returns ``{"descriptor": <the manifest's descriptor>, "config":
+    <config descriptor>, "size": <archive bytes>}``.
+    """
+    top = _tagged(layout, tag)
+    where = f"the OCI layout {layout.root}"
+    if top["mediaType"] not in MANIFEST_MEDIA_TYPES:
+        raise ArchiveError(
+            f"The image tagged {tag} is {top['mediaType']}; a docker-archive holds a single platform's image manifest, "
+            "so select one platform.")
+    if isinstance(repo_tags, str):
+        raise TypeError("repo_tags is a list of repository:tag strings")
+    tags: list[str] = []
+    for repo_tag in repo_tags:
+        if check_repo_tag(repo_tag) not in tags:
+            tags.append(repo_tag)
+    blobs = image_blobs(layout, top, where)
+    manifest = _load_json(layout, top, where)
+    config = check_descriptor(manifest["config"])
+    layers = [check_descriptor(layer) for layer in manifest["layers"]]
+    docker_manifest = [{
+        "Config": "blobs/sha256/" + digest_hex(config["digest"]),
+        "RepoTags": tags,
+        "Layers": ["blobs/sha256/" + digest_hex(layer["digest"]) for layer in layers],
+    }]
+    plain = {key: value for key, value in top.items() if key != "annotations"}
+    entries = []
+    for repo_tag in tags:
+        entry = copy.deepcopy(plain)
+        entry["annotations"] = {CONTAINERD_NAME_ANNOTATION: _containerd_name(repo_tag), REF_NAME_ANNOTATION: repo_tag.rpartition(":")[2]}
+        entries.append(entry)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": entries or [plain]}
+    files = {"index.json": _json_bytes(index), "manifest.json": _json_bytes(docker_manifest), "oci-layout": _oci_layout_bytes()}
+    size = _write_tar(dest_path, layout, blobs, files, fsync)
+    return {"descriptor": plain, "config": config, "size": size}
+
+
+# reading ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    kind: str  # "file", "dir", "link"
+    size: int
+    offset: int
+    target: str | None
+
+
+class _MemberReader(io.RawIOBase):
+    """A read-only, seekable view of ``size`` bytes at ``offset`` of a file (positional reads on its own fd)."""
+
+    def __init__(self, fd: int, offset: int, size: int, name: str) -> None:
+        super().__init__()
+        self._fd = os.dup(fd)
+        self._offset = offset
+        self._size = size
+        self._pos = 0
+        self.name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._fd < 0:
+            raise ValueError("read from a closed archive member")
+        want = min(len(buffer), self._size - self._pos)
+        if want <= 0:
+            return 0
+        data = os.pread(self._fd, want, self._offset + self._pos)
+        if not data:
+            raise ArchiveFormatError(f"The archive member {self.name} is truncated.")
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        super().close()
+
+
+def _normalise(name: str, archive: str) -> str:
+    if "\x00" in name:
+        raise UnsafeArchiveError(f"The archive {archive} has a member name with a NUL byte; it is refused.")
+    if name.startswith("/"):
+        raise UnsafeArchiveError(f"The archive {archive} has a member with an absolute path ({name}); it is refused.")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"The archive {archive} has a member whose path leaves the archive ({name}); it is refused.")
+    return "/".join(parts)
+
+
+class TarArchive:
+    """An uncompressed tar opened for reading by member name; the base of OciArchive and DockerArchive.
+
+    Use as a context manager or call :meth:`close`. Raises ArchiveFormatError and UnsafeArchiveError.
+    """
+
+    format = "tar"
+
+    def __init__(self, path: str | os.PathLike, tmpdir: str | None = None) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.compression: str | None = None
+        self._fd = -1
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ArchiveFormatError(f"There is no archive at {self.path}.") from None
+        except OSError as exc:
+            raise ArchiveError(f"Cannot read the archive {self.path}: {exc.strerror or exc}.") from None
+        self._fd = fd
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ArchiveFormatError(f"{self.path} is not a regular file, so it is not an image archive.")
+            magic = os.pread(fd, 8, 0)
+            for prefix, name in _COMPRESSIONS:
+                if magic.startswith(prefix):
+                    self.compression = name
+            if self.compression == "zstd":
+                raise ArchiveFormatError(
+                    f"{self.path} is compressed with zstd, which cannot be read here; decompress it first (zstd -d) and use the .tar.")
+            if self.compression:
+                self._fd = self._decompress(fd, tmpdir)
+                os.close(fd)
+            self._members: dict[str, _Member] = {}
+            self._members = self._scan()
+            for member in self._members.values():
+                if member.kind == "link":
+                    # every link must end at a file or directory of the archive: it leads nowhere else
+                    self._resolve(member.name, any_kind=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _decompress(self, fd: int, tmpdir: str | None) -> int:
+        openers: dict[str, Callable[[BinaryIO], Any]] = {
+            "gzip": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+            "bzip2": lambda raw: bz2.BZ2File(raw, mode="rb"),
+            "xz": lambda raw: lzma.LZMAFile(raw, mode="rb"),
+        }
+        try:
+            temp = tempfile.TemporaryFile(dir=tmpdir)  # pylint: disable=consider-using-with
+        except OSError as exc:
+            raise translate_os_error(exc, f"creating a temporary file to decompress {self.path}", tmpdir or tempfile.gettempdir()) from None
+        try:
+            with os.fdopen(os.dup(fd), "rb") as raw, openers[str(self.compression)](raw) as stream:
+                shutil.copyfileobj(stream, temp, _CHUNK)
+            temp.flush()
+            return os.dup(temp.fileno())
+        except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, ValueError) as exc:
+            raise ArchiveFormatError(f"{self.path} is not a valid {self.compression} file ({exc}).") from None
+        except OSError as exc:
+            if exc.errno is None:  # bz2 and gzip report corrupt data as OSError without errno
+                raise ArchiveFormatError(f"{self.path} is not a valid {self.compression} file ({exc}).") from None
+            raise translate_os_error(exc, f"decompressing {self.path}", tmpdir or tempfile.gettempdir()) from None
+        finally:
+            temp.close()
+
+    def _scan(self) -> dict[str, _Member]:
+        total = os.fstat(self._fd).st_size
+        members: dict[str, _Member] = {}
+        with os.fdopen(os.dup(self._fd), "rb") as raw:
+            raw.seek(0)  # a dup shares the offset, which decompression left at the end
+            try:
+                with tarfile.open(fileobj=raw, mode="r:") as tar:
+                    for info in tar:
+                        self._add_member(members, info, total)
+            except tarfile.TarError as exc:
+                raise ArchiveFormatError(f"{self.path} is not a readable tar archive ({exc}).") from None
+        return members
+
+    def _add_member(self, members: dict[str, _Member], info: tarfile.TarInfo, total: int) -> None:
+        name = _normalise(info.name, self.path)
+        if not name:
+            return  # the "./" entry of the root itself
+        if name in members:
+            raise UnsafeArchiveError(f"The archive {self.path} holds {name} more than once; it is refused.")
+        target = None
+        if info.isreg() and not info.issparse():
+            kind = "file"
+            if info.offset_data + info.size > total:
+                raise ArchiveFormatError(f"The archive {self.path} is truncated: member {name} ends past the end of the file.")
+        elif info.isdir():
+            kind = "dir"
+        elif info.issym() or info.islnk():
+            kind = "link"
+            if info.linkname.startswith("/"):
+                raise UnsafeArchiveError(f"The archive {self.path} has a link {name} to an absolute path ({info.linkname}); it is refused.")
+            base = posixpath.dirname(name) if info.issym() else ""
+            target = posixpath.normpath(posixpath.join(base, info.linkname)) if info.linkname else ""
+            if target in ("", ".") or target == ".." or target.startswith("../"):
+                raise UnsafeArchiveError(f"The archive {self.path} has a link {name} pointing outside the archive ({info.linkname}); it is refused.")
+        else:
+            raise UnsafeArchiveError(f"The archive {self.path} has a member {name} that is a device, FIFO or sparse file; an image archive never does.")
+        members[name] = _Member(name, kind, info.size if kind == "file" else 0, info.offset_data, target)
+
+    def _resolve(self, name: str, any_kind: bool = False) -> _Member:
+        seen = []
+        current = name
+        for dummy in range(MAX_LINK_HOPS + 1):
+            member = self._members.get(current)
+            if member is None:
+                if seen:
+                    raise ArchiveFormatError(f"The link {seen[0]} in {self.path} points to {current}, which is not in the archive.")
+                raise ArchiveFormatError(f"The archive {self.path} has no member {name}.")
+            if member.kind != "link":
+                if member.kind != "file" and not any_kind:
+                    raise ArchiveFormatError(f"{name} in the archive {self.path} is not a file.")
+                return member
+            seen.append(current)
+            current = str(member.target)
+        raise ArchiveFormatError(f"The link {name} in {self.path} is part of a loop or a chain longer than {MAX_LINK_HOPS}.")
+
+    # public member access ---------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Every member name (normalised: no leading ``./``), in archive order."""
+        return list(self._members)
+
+    def has_member(self, name: str) -> bool:
+        """True when ``name`` is (or links to) a regular file of the archive."""
+        try:
+            self._resolve(_normalise(name, self.path))
+        except ArchiveFormatError:
+            return False
+        return True
+
+    def member_size(self, name: str) -> int:
+        """The size of a file member (after following links)."""
+        return self._resolve(_normalise(name, self.path)).size
+
+    def open_member(self, name: str) -> BinaryIO:
+        """A seekable binary reader of a file member, streaming from the archive file; the caller closes it."""
+        member = self._resolve(_normalise(name, self.path))
+        return _MemberReader(self._fd, member.offset, member.size, name)  # type: ignore[return-value]
+
+    def read_member(self, name: str, max_size: int) -> bytes:
+        """The bytes of a small member; ArchiveFormatError when it is larger than ``max_size``."""
+        member = self._resolve(_normalise(name, self.path))
+        if member.size > max_size:
+            raise ArchiveFormatError(f"{name} in the archive {self.path} is {member.size} bytes, more than the {max_size} expected.")
+        with self.open_member(name) as handle:
+            return handle.read()
+
+    def hash_member(self, name: str) -> str:
+        """The sha256 digest of a member's bytes, streamed."""
+        hasher = hashlib.sha256()
+        with self.open_member(name) as handle:
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                hasher.update(chunk)
+        return "sha256:" + hasher.hexdigest()
+
+    def close(self) -> None:
+        """Close the archive (and drop the decompressed temporary copy, if any)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "TarArchive":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        self.close()
+
+    def _json_member(self, name: str, max_size: int) -> Any:
+        try:
+            return json.loads(self.read_member(name, max_size).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ArchiveFormatError(f"{name} in the archive {self.path} is not valid JSON.") from None
+
+
+class OciArchive(TarArchive):
+    """An oci-archive: an OCI image layout in a tar. Offers the read side of :class:`OciLayout`
+    (``read_index``, ``find_tag``, ``list_tags``, ``blob_status``, ``has_blob``, ``open_blob``,
+    ``read_blob``), so code that reads images takes either.
+    """
+
+    format = OCI_ARCHIVE
+
+    def __init__(self, path: str | os.PathLike, tmpdir: str | None = None) -> None:
+        super().__init__(path, tmpdir)
+        try:
+            if not self.has_member("oci-layout") or not self.has_member("index.json"):
+                raise ArchiveFormatError(f"{self.path} is not an oci-archive: it has no oci-layout or no index.json.")
+            parse_oci_layout(self.read_member("oci-layout", 64 << 10), f"The oci-layout file of {self.path}")
+            self._index = parse_index(self.read_member("index.json", MAX_INDEX_SIZE), f"index.json in {self.path}")
+        except LayoutError as exc:
+            self.close()
+            raise ArchiveFormatError(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def root(self) -> str:
+        """The archive path, for messages (as OciLayout.root)."""
+        return self.path
+
+    def read_index(self) -> dict[str, Any]:
+        """The parsed ``index.json`` (a copy)."""
+        return copy.deepcopy(self._index)
+
+    def find_tag(self, tag: str) -> dict[str, Any] | None:
+        """The descriptor recorded for ``tag`` (ref.name), or None."""
+        return find_in_index(self._index, tag, f"index.json in {self.path}")
+
+    def list_tags(self) -> list[str]:
+        """Every ref.name in ``index.json``, in order."""
+        return [name for name in (ref_name(entry) for entry in self._index["manifests"]) if name is not None]
+
+    @staticmethod
+    def blob_member(digest: str) -> str:
+        """The member name of a blob: ``blobs/sha256/<hex>``."""
+        return "blobs/sha256/" + digest_hex(digest)
+
+    def blob_status(self, digest: str, size: int, verify: bool = False) -> str:
+        """As :meth:`OciLayout.blob_status`."""
+        name = self.blob_member(digest)
+        check_size(size, digest)
+        if not self.has_member(name):
+            return BLOB_MISSING
+        if self.member_size(name) != size:
+            return BLOB_SIZE_MISMATCH
+        if verify and self.hash_member(name) != digest:
+            return BLOB_DIGEST_MISMATCH
+        return BLOB_PRESENT
+
+    def has_blob(self, digest: str, size: int, verify: bool = False) -> bool:
+        """As :meth:`OciLayout.has_blob`."""
+        return self.blob_status(digest, size, verify) == BLOB_PRESENT
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A streaming reader of a blob; BlobNotFoundError when the archive lacks it."""
+        name = self.blob_member(digest)
+        if not self.has_member(name):
+            raise BlobNotFoundError(f"Blob {digest} is not in the archive {self.path}.")
+        return self.open_member(name)
+
+    def read_blob(self, digest: str, max_size: int = MAX_SMALL_BLOB) -> bytes:
+        """The bytes of a small blob, checked against ``digest``."""
+        name = self.blob_member(digest)
+        if not self.has_member(name):
+            raise BlobNotFoundError(f"Blob {digest} is not in the archive {self.path}.")
+        data = self.read_member(name, max_size)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise BlobMismatchError(f"Blob {digest} in the archive {self.path} does not hash to its digest.")
+        return data
+
+
+class DockerArchive(TarArchive):
+    """A docker-archive (``docker save``): ``manifest.json`` and the files it names.
+
+    ``manifest`` is the parsed ``manifest.json``: a list of ``{"Config": str, "RepoTags": [str],
+    "Layers": [str]}`` (RepoTags ``null`` becomes ``[]``), every named file present in the archive.
+    ``oci_index`` is the parsed ``index.json`` when the archive also is an OCI layout (Docker 25 and
+    later, and this collection's writer), else None.
+    """
+
+    format = DOCKER_ARCHIVE
+
+    def __init__(self, path: str | os.PathLike, tmpdir: str | None = None) -> None:
+        super().__init__(path, tmpdir)
+        try:
+            self.manifest = self._parse_manifest()
+            self.oci_index: dict[str, Any] | None = None
+            if self.has_member("index.json") and self.has_member("oci-layout"):
+                try:
+                    self.oci_index = parse_index(self.read_member("index.json", MAX_INDEX_SIZE), f"index.json in {self.path}")
+                except LayoutError as exc:
+                    raise ArchiveFormatError(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _parse_manifest(self) -> list[dict[str, Any]]:
+        if not self.has_member("manifest.json"):
+            raise ArchiveFormatError(f"{self.path} is not a docker-archive: it has no manifest.json.")
+        doc = self._json_member("manifest.json", MAX_INDEX_SIZE)
+        if not isinstance(doc, list) or not doc:
+            raise ArchiveFormatError(f"manifest.json in {self.path} is not a non-empty list of images.")
+        images = []
+        for number, item in enumerate(doc):
+            where = f"image {number} of manifest.json in {self.path}"
+            if not isinstance(item, dict):
+                raise ArchiveFormatError(f"{_cap(where)} is not a JSON object.")
+            config, layers, repo_tags = item.get("Config"), item.get("Layers"), item.get("RepoTags") or []
+            if not isinstance(config, str) or not isinstance(layers, list) or not all(isinstance(layer, str) for layer in layers):
+                raise ArchiveFormatError(f"{_cap(where)} needs a Config file name and a list of Layers file names.")
+            if not isinstance(repo_tags, list) or not all(isinstance(repo_tag, str) for repo_tag in repo_tags):
+                raise ArchiveFormatError(f"The RepoTags of {where} must be a list of strings.")
+            for name in [config] + layers:
+                if not self.has_member(name):
+                    raise ArchiveFormatError(f"{_cap(where)} names {name}, which is not a file in the archive.")
+            images.append(dict(item, Config=config, Layers=list(layers), RepoTags=list(repo_tags)))
+        return images
+
+    def find_repo_tag(self, repo_tag: str) -> dict[str, Any] | None:
+        """The manifest.json entry whose RepoTags holds ``repo_tag``, or None."""
+        for image in self.manifest:
+            if repo_tag in image["RepoTags"]:
+                return image
+        return None
+
+    def config_digest(self, image: dict[str, Any]) -> str:
+        """The digest of an image's config file (hashed here: the file name is not trusted)."""
+        if self.member_size(image["Config"]) > MAX_CONFIG_SIZE:
+            raise ArchiveFormatError(f"The config {image['Config']} in {self.path} is larger than {MAX_CONFIG_SIZE} bytes.")
+        return self.hash_member(image["Config"])
+
+    def manifest_digest(self, image: dict[str, Any]) -> str | None:
+        """The digest of the OCI/Docker manifest the archive keeps for ``image`` (Docker 25+ style), or None.
+
+        It is the ``index.json`` entry whose manifest names this image's config and, in order, blobs
+        that are this image's layer files.
+        """
+        if self.oci_index is None:
+            return None
+        for entry in self.oci_index["manifests"]:
+            try:
+                entry = check_descriptor(entry)
+                if entry["mediaType"] not in MANIFEST_MEDIA_TYPES or entry["size"] > MAX_SMALL_BLOB:
+                    continue
+                name = "blobs/sha256/" + digest_hex(entry["digest"])
+                data = self.read_member(name, MAX_SMALL_BLOB)
+                if "sha256:" + hashlib.sha256(data).hexdigest() != entry["digest"]:
+                    continue
+                doc = json.loads(data.decode("utf-8"))
+                members = [self._blob_member(layer) for layer in doc["layers"]]
+                if self._blob_member(doc["config"]) == _normalise(image["Config"], self.path) and \
+                        members == [_normalise(layer, self.path) for layer in image["Layers"]]:
+                    return entry["digest"]
+            except (ArchiveError, LayoutError, ValueError, KeyError, TypeError):
+                continue
+        return None
+
+    @staticmethod
+    def _blob_member(descriptor: Any) -> str:
+        return "blobs/sha256/" + digest_hex(check_descriptor(descriptor)["digest"])
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def open_oci_archive(path: str | os.PathLike, tmpdir: str | None = None) -> OciArchive:
+    """Open an oci-archive for reading (a context manager). See the module docstring for what is refused."""
+    return OciArchive(path, tmpdir)
+
+
+def open_docker_archive(path: str | os.PathLike, tmpdir: str | None = None) -> DockerArchive:
+    """Open a docker-archive for reading (a context manager). See the module docstring for what is refused."""
+    return DockerArchive(path, tmpdir)
+
+
+def read_archive_summary(path: str | os.PathLike, archive_format: str) -> dict[str, Any] | None:
+    """What an existing archive at ``path`` holds, for an idempotency check; None when there is no file.
+
+    Layers are not read, only checked to be there with the right sizes; manifests are read and their
+    digests checked. The result::
+
+        {"format": "oci-archive" | "docker-archive",
+         "manifests": [{"tag": ref.name or None, "digest": ..., "mediaType": ..., "size": ...}],
+         "images": [{"repo_tags": [...], "config_digest": ..., "manifest_digest": ... or None,
+                     "layers": [member names]}]}
+
+    ``manifests`` lists ``index.json`` (a docker-archive without one gives ``[]``); ``images`` lists
+    ``manifest.json`` (``[]`` for an oci-archive). An archive that is unreadable, of the other format,
+    or that lacks a blob its index names raises ArchiveError: the caller should then rewrite it.
+    """
+    if archive_format not in FORMATS:
+        raise ArchiveError(f"Unknown archive format {archive_format!r}; expected one of {', '.join(FORMATS)}.")
+    if not os.path.lexists(path):
+        return None
+    opener = open_oci_archive if archive_format == OCI_ARCHIVE else open_docker_archive
+    with opener(path) as archive:
+        try:
+            if isinstance(archive, OciArchive):
+                return _oci_summary(archive)
+            return _docker_summary(archive)  # type: ignore[arg-type]
+        except LayoutError as exc:
+            raise ArchiveFormatError(f"The archive {archive.path} is not usable: {exc}") from None
+
+
+def _oci_summary(archive: OciArchive) -> dict[str, Any]:
+    manifests = []
+    for entry in archive.read_index()["manifests"]:
+        entry = check_descriptor(entry, f"an entry of index.json in {archive.path}")
+        for blob in image_blobs(archive, entry, f"the archive {archive.path}"):
+            if not archive.has_blob(blob["digest"], blob["size"]):
+                raise ArchiveFormatError(f"The archive {archive.path} lacks blob {blob['digest']} ({blob['size']} bytes), which its index needs.")
+        manifests.append(_summary_entry(entry))
+    return {"format": OCI_ARCHIVE, "manifests": manifests, "images": []}
+
+
+def _docker_summary(archive: DockerArchive) -> dict[str, Any]:
+    manifests = []
+    for entry in (archive.oci_index or {"manifests": []})["manifests"]:
+        try:
+            manifests.append(_summary_entry(check_descriptor(entry)))
+        except LayoutError:
+            continue
+    images = [{
+        "repo_tags": list(image["RepoTags"]),
+        "config_digest": archive.config_digest(image),
+        "manifest_digest": archive.manifest_digest(image),
+        "layers": [_normalise(layer, archive.path) for layer in image["Layers"]],
+    } for image in archive.manifest]
+    return {"format": DOCKER_ARCHIVE, "manifests": manifests, "images": images}
+
+
+def _summary_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"tag": ref_name(entry), "digest": entry["digest"], "mediaType": entry["mediaType"], "size": entry["size"]}

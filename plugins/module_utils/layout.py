@@ -1,0 +1,866 @@
+# -*- coding: utf-8 -*-
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""An OCI image layout directory used as a content-addressed blob store.
+
+The directory follows the OCI image-layout specification (``oci-layout``, ``index.json``,
+``blobs/sha256/<hex>``), so skopeo, umoci, containerd and Docker read what is written here, and
+several images share one directory and its blobs, each recorded in ``index.json`` under its tag
+(the ``org.opencontainers.image.ref.name`` annotation).
+
+Guarantees:
+
+- A blob is visible under ``blobs/sha256/<hex>`` only after :meth:`OciLayout.commit_blob` (or
+  :meth:`OciLayout.write_blob`) renamed a complete file there. The caller of ``commit_blob`` has
+  verified the digest; the commit re-checks the size. ``write_blob`` hashes the bytes itself.
+- Only ``sha256:`` followed by 64 lowercase hex digits is accepted wherever a digest becomes a path,
+  so a hostile digest cannot name a file outside ``blobs/sha256``.
+- ``index.json`` is only changed under an exclusive ``flock`` on ``.ecrkit/lock`` inside the layout:
+  :meth:`OciLayout.set_tag` re-reads it, replaces the entry of one tag, keeps every other entry as it
+  was, and writes it atomically (temporary file, fsync, rename, fsync of the directory). A reader
+  always sees a complete file.
+
+Private files live in ``.ecrkit/`` at the root of the layout, never inside ``blobs/``: the OCI spec
+reserves ``blobs/<alg>/`` for content-addressed blobs, and ``umoci gc`` treats every file there as a
+blob. The dot-directory sits beside ``oci-layout`` as umoci's own ``.umoci-*`` directories do, and
+skopeo, umoci and containerd ignore it. It holds:
+
+- ``.ecrkit/lock``: the lock file of ``index.json`` updates;
+- ``.ecrkit/partial/<hex>``: a download in progress (:meth:`OciLayout.partial_path`), on the same
+  filesystem as ``blobs/`` so that the commit is a rename; ``<hex>.journal`` is the transfer engine's
+  resume record and ``<hex>.lock`` the lock that :meth:`OciLayout.claim_partial` holds so that two
+  processes never write the same partial file;
+- ``.ecrkit/partial/tmp-*``: files being written by :meth:`OciLayout.write_blob` and ``index.json``
+  updates, locked while in use.
+
+Symbolic links: the root is refused when it is a symbolic link (an operator who gave ``/srv/img``
+should not find the image written wherever a link planted there points); ``follow_symlink=True``
+accepts it and resolves it once, when the layout is opened, so that a link swapped later does not
+redirect writes. ``oci-layout``, ``index.json``, ``blobs``, ``blobs/sha256`` and everything under
+``.ecrkit`` must not be symbolic links at all; blobs are opened with ``O_NOFOLLOW`` and a blob that is
+a symbolic link is reported as not being a regular file. Links in the components above the root
+(``/var`` -> ``/private/var``) are the operator's filesystem and are not inspected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterable, Iterator
+
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+
+OCI_LAYOUT_FILE = "oci-layout"
+INDEX_FILE = "index.json"
+BLOBS_DIR = "blobs"
+PRIVATE_DIR = ".ecrkit"
+PARTIAL_DIR = PRIVATE_DIR + "/partial"
+LOCK_FILE = PRIVATE_DIR + "/lock"
+JOURNAL_SUFFIX = ".journal"
+CLAIM_SUFFIX = ".lock"
+TEMP_PREFIX = "tmp-"
+
+OCI_LAYOUT_VERSION = "1.0.0"
+OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+
+# Results of OciLayout.blob_status().
+BLOB_PRESENT = "present"
+BLOB_MISSING = "missing"
+BLOB_SIZE_MISMATCH = "size_mismatch"
+BLOB_DIGEST_MISMATCH = "digest_mismatch"
+BLOB_NOT_A_FILE = "not_a_file"
+
+MAX_INDEX_SIZE = 16 << 20
+"""index.json larger than this is refused (thousands of tags fit in a few hundred KiB)."""
+MAX_SMALL_BLOB = 4 << 20
+"""Default limit of :meth:`OciLayout.read_blob`: ECR's manifest size limit."""
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX_RE = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
+_SPACE_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
+_DENIED_ERRNOS = frozenset((errno.EACCES, errno.EPERM, errno.EROFS))
+
+
+class LayoutError(EcrkitError):
+    """Something about an OCI layout directory or a blob in it is wrong; the base of this file's errors."""
+
+    code = "layout_error"
+
+
+class NotALayoutError(LayoutError):
+    """The path is missing, not a directory, or a directory that is not an OCI image layout."""
+
+    code = "not_an_oci_layout"
+
+
+class LayoutSymlinkError(LayoutError):
+    """The layout root, or a file of the layout itself, is a symbolic link."""
+
+    code = "layout_symlink"
+
+
+class NotWritableError(LayoutError):
+    """Permission denied or a read-only filesystem where something must be written."""
+
+    code = "not_writable"
+
+
+class DiskFullError(LayoutError):
+    """No space (or quota) left on the device being written."""
+
+    code = "disk_full"
+
+
+class LockTimeoutError(LayoutError):
+    """Another process held a lock of the layout for longer than the timeout."""
+
+    code = "lock_timeout"
+
+
+class CorruptIndexError(LayoutError):
+    """``index.json`` (or ``oci-layout``) cannot be parsed or does not have the OCI shape."""
+
+    code = "corrupt_index"
+
+
+class InvalidDigestError(LayoutError):
+    """A digest that is not ``sha256:`` + 64 lowercase hex digits, or a size that is not a count of bytes."""
+
+    code = "invalid_digest"
+
+
+class BlobNotFoundError(LayoutError):
+    """A blob (or the partial file to commit) is not there."""
+
+    code = "blob_not_found"
+
+
+class BlobMismatchError(LayoutError):
+    """Bytes whose size or digest is not the one they are stored or committed under."""
+
+    code = "blob_mismatch"
+
+
+@dataclass(frozen=True)
+class PartialBlob:
+    """A download in progress, as :meth:`OciLayout.list_partials` reports it."""
+
+    digest: str
+    path: str
+    size: int
+    journal: bool
+
+
+def digest_hex(digest: Any) -> str:
+    """Return the hex part of a ``sha256:<64 lowercase hex>`` digest; raise InvalidDigestError otherwise."""
+    if isinstance(digest, str) and _DIGEST_RE.fullmatch(digest):
+        return digest[7:]
+    shown = repr(digest) if not isinstance(digest, str) or len(digest) <= 100 else repr(digest[:100]) + "..."
+    if isinstance(digest, str) and ":" in digest and not digest.startswith("sha256:"):
+        raise InvalidDigestError(f"Digest {shown} uses an algorithm this collection does not support; only sha256 is.")
+    raise InvalidDigestError(f"{shown} is not a valid digest: expected sha256: followed by 64 lowercase hex digits.")
+
+
+def check_size(size: Any, what: str = "a blob") -> int:
+    """Return ``size`` when it is a non-negative int (not a bool); raise InvalidDigestError otherwise."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidDigestError(f"The size of {what} must be a whole number of bytes, not {size!r}.")
+    return size
+
+
+def check_descriptor(value: Any, where: str = "a descriptor") -> dict[str, Any]:
+    """Validate an OCI descriptor (``mediaType``, ``digest``, ``size``); return a deep copy of it."""
+    if not isinstance(value, dict):
+        raise InvalidDigestError(f"{_cap(where)} must be a JSON object, not {type(value).__name__}.")
+    media_type = value.get("mediaType")
+    if not isinstance(media_type, str) or not media_type:
+        raise InvalidDigestError(f"{_cap(where)} has no mediaType.")
+    digest_hex(value.get("digest"))
+    check_size(value.get("size"), f"{value.get('digest')} in {where}")
+    annotations = value.get("annotations")
+    if annotations is not None and not isinstance(annotations, dict):
+        raise InvalidDigestError(f"The annotations of {where} must be a JSON object.")
+    return copy.deepcopy(value)
+
+
+def ref_name(entry: Any) -> str | None:
+    """The ``org.opencontainers.image.ref.name`` annotation of an index entry, or None."""
+    if isinstance(entry, dict):
+        annotations = entry.get("annotations")
+        if isinstance(annotations, dict):
+            name = annotations.get(REF_NAME_ANNOTATION)
+            if isinstance(name, str):
+                return name
+    return None
+
+
+def check_tag(tag: Any) -> str:
+    """A tag to store as ref.name: a non-empty string without control characters."""
+    if not isinstance(tag, str) or not tag or any(ord(char) < 0x20 or ord(char) == 0x7F for char in tag):
+        raise LayoutError(f"{tag!r} cannot be used as a tag in an OCI layout: it must be a non-empty string without control characters.")
+    return tag
+
+
+def parse_index(data: bytes, where: str) -> dict[str, Any]:
+    """Parse the bytes of an ``index.json``; entries other than the one looked up are kept as they are."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptIndexError(f"{where} is not valid JSON ({exc}); restore it or remove the layout.") from None
+    if not isinstance(doc, dict):
+        raise CorruptIndexError(f"{where} is not a JSON object, so it is not an OCI image index.")
+    if doc.get("schemaVersion") != 2:
+        raise CorruptIndexError(f"{where} has schemaVersion {doc.get('schemaVersion')!r}; an OCI image index has 2.")
+    manifests = doc.get("manifests", [])
+    if not isinstance(manifests, list) or not all(isinstance(entry, dict) for entry in manifests):
+        raise CorruptIndexError(f"The manifests of {where} must be a list of JSON objects.")
+    doc["manifests"] = manifests
+    return doc
+
+
+def parse_oci_layout(data: bytes, where: str) -> dict[str, Any]:
+    """Parse an ``oci-layout`` file: ``{"imageLayoutVersion": "1.x.y"}``."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        doc = None
+    version = doc.get("imageLayoutVersion") if isinstance(doc, dict) else None
+    if not isinstance(version, str) or not version.startswith("1."):
+        raise NotALayoutError(f"{where} does not declare an OCI image layout version 1.x, so this is not an OCI layout this collection can use.")
+    return doc
+
+
+def find_in_index(index: dict[str, Any], tag: str, where: str) -> dict[str, Any] | None:
+    """The first entry of ``index`` whose ref.name is ``tag`` (validated, copied), or None."""
+    check_tag(tag)
+    for entry in index["manifests"]:
+        if ref_name(entry) == tag:
+            return check_descriptor(entry, f"the entry for tag {tag} in {where}")
+    return None
+
+
+def translate_os_error(exc: OSError, doing: str, path: str) -> LayoutError:
+    """An OSError met while ``doing`` something to ``path``, as the error to raise for the operator."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _SPACE_ERRNOS:
+        return DiskFullError(f"No space left on the device of {path} while {doing}; free some space and run again.")
+    if exc.errno in _DENIED_ERRNOS:
+        return NotWritableError(f"Cannot write {path} while {doing}: {reason}.")
+    if exc.errno == errno.ELOOP:
+        return LayoutSymlinkError(f"{path} is a symbolic link, which is refused while {doing}.")
+    return LayoutError(f"Failed while {doing} at {path}: {reason}.")
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so that a rename in it survives a crash (ignored where unsupported)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def create_temp(directory: str, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """Create a new file (mode 0666 less the umask, as any created file) with a random name; return (fd, path)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        path = os.path.join(directory, prefix + secrets.token_hex(8) + suffix)
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _unlink_quiet(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _sha256_fd(fd: int) -> str:
+    hasher = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _CHUNK, offset)
+        if not chunk:
+            return "sha256:" + hasher.hexdigest()
+        hasher.update(chunk)
+        offset += len(chunk)
+
+
+def _flock(path: str, timeout: float | None, what: str) -> int:
+    """Open (creating) ``path`` and take an exclusive flock on it; return the fd.
+
+    ``timeout`` None waits for ever, 0 tries once. The lock file may be unlinked by its holder (a
+    finished claim) or by cleanup; a lock taken on a file that is no longer at ``path`` is dropped and
+    taken again on the new one.
+    """
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    delay = 0.002
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise translate_os_error(exc, f"locking {what}", path) from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise LockTimeoutError(
+                            f"Timed out after {timeout:g} s waiting for {what} (lock file {path}), which another "
+                            "process is holding; let it finish, or raise the timeout.") from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _try_flock_existing(path: str) -> int | None:
+    """flock an existing file without waiting; the fd, or None when it is missing or held elsewhere."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class OciLayout:
+    """An OCI image layout directory: blobs by digest, tags in ``index.json``.
+
+    ``OciLayout(root)`` opens an existing layout and writes nothing (a read-only source works).
+    ``OciLayout(root, create=True)`` also creates the directory, or initialises an empty one, and checks
+    that it is writable. A directory that is not empty and has no ``oci-layout`` file is refused rather
+    than written into; the only exception is what an interrupted initialisation leaves (``blobs/``,
+    ``index.json``, ``.ecrkit/``), which is completed. See the module docstring for symbolic links.
+
+    Raises NotALayoutError, LayoutSymlinkError, NotWritableError, CorruptIndexError.
+
+    Thread safety: the methods may be called from several threads; :meth:`lock` serialises threads of
+    this object and processes alike.
+    """
+
+    def __init__(self, root: str | os.PathLike, create: bool = False, *, follow_symlink: bool = False,
+                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> None:
+        root = os.path.abspath(os.fspath(root))
+        self.lock_timeout = lock_timeout
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self.root = self._open_root(root, create, follow_symlink)
+        for name in (OCI_LAYOUT_FILE, INDEX_FILE, BLOBS_DIR, BLOBS_DIR + "/sha256", PRIVATE_DIR, PARTIAL_DIR, LOCK_FILE):
+            path = self._path(name)
+            if os.path.islink(path):
+                raise LayoutSymlinkError(
+                    f"{path} is a symbolic link (to {os.readlink(path)}); the files of an OCI layout must be real "
+                    "files and directories, so the layout is refused.")
+        if not os.path.lexists(self._path(OCI_LAYOUT_FILE)):
+            if not create:
+                raise NotALayoutError(f"{self.root} is not an OCI image layout: it has no oci-layout file.")
+            self._refuse_foreign()
+            with self.lock():  # several processes may create the same layout at once
+                if not os.path.lexists(self._path(OCI_LAYOUT_FILE)):
+                    self._initialise()
+        self._check_marker()
+        if not os.path.lexists(self._path(INDEX_FILE)):
+            if not create:
+                raise NotALayoutError(f"The OCI layout {self.root} has no index.json; it is incomplete.")
+            with self.lock():
+                if not os.path.lexists(self._path(INDEX_FILE)):
+                    self._write_file(INDEX_FILE, _index_bytes({"schemaVersion": 2, "manifests": []}), True, "creating index.json")
+        if create:
+            self._check_writable()
+        self.read_index()
+
+    # opening ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _open_root(root: str, create: bool, follow_symlink: bool) -> str:
+        try:
+            info = os.lstat(root)
+        except FileNotFoundError:
+            if not create:
+                raise NotALayoutError(f"There is no OCI layout at {root}: the directory does not exist.") from None
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError as exc:
+                raise translate_os_error(exc, "creating the OCI layout directory", root) from None
+            info = os.lstat(root)
+        except OSError as exc:
+            raise translate_os_error(exc, "opening the OCI layout", root) from None
+        if stat.S_ISLNK(info.st_mode):
+            target = os.readlink(root)
+            if not follow_symlink:
+                raise LayoutSymlinkError(
+                    f"{root} is a symbolic link to {target}; refusing to use it as an OCI layout (give the real "
+                    "directory instead).")
+            root = os.path.realpath(root)
+            try:
+                info = os.stat(root)
+            except OSError:
+                raise NotALayoutError(f"{root} (the target of a symbolic link) does not exist.") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise NotALayoutError(f"{root} is not a directory, so it cannot be an OCI image layout.")
+        return root
+
+    def _check_marker(self) -> None:
+        path = self._path(OCI_LAYOUT_FILE)
+        parse_oci_layout(self._read_file(path, 64 << 10, "the oci-layout file"), path)
+
+    def _refuse_foreign(self) -> None:
+        try:
+            names = sorted(os.listdir(self.root))
+        except OSError as exc:
+            raise translate_os_error(exc, "listing the directory", self.root) from None
+        # what an interrupted or concurrent initialisation leaves is not foreign
+        foreign = [name for name in names if name not in (BLOBS_DIR, INDEX_FILE, PRIVATE_DIR, OCI_LAYOUT_FILE)]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise NotALayoutError(
+                f"{self.root} is not empty and is not an OCI image layout (it holds {shown}); refusing to write an "
+                "image into it: give a new or empty directory, or an existing OCI layout.")
+
+    def _initialise(self) -> None:
+        self._refuse_foreign()
+        if os.path.lexists(self._path(INDEX_FILE)):
+            parse_index(self._read_file(self._path(INDEX_FILE), MAX_INDEX_SIZE, "index.json"), self._path(INDEX_FILE))
+        else:
+            self._write_file(INDEX_FILE, _index_bytes({"schemaVersion": 2, "manifests": []}), True, "creating index.json")
+        self._ensure_dir(BLOBS_DIR + "/sha256")
+        # the marker goes last: a directory with oci-layout in it is a complete layout
+        self._write_file(OCI_LAYOUT_FILE, _index_bytes({"imageLayoutVersion": OCI_LAYOUT_VERSION}), True, "creating oci-layout")
+
+    def _check_writable(self) -> None:
+        for name in ("", BLOBS_DIR + "/sha256"):
+            path = self._path(name) if name else self.root
+            if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+                raise NotWritableError(f"The OCI layout directory {path} is not writable by this user; fix its permissions or choose another destination.")
+
+    # paths and small files -------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"OciLayout({self.root!r})"
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, *name.split("/")) if name else self.root
+
+    def _ensure_dir(self, name: str) -> str:
+        path = self._path(name)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise translate_os_error(exc, "creating a directory of the OCI layout", path) from None
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise LayoutSymlinkError(f"{path} is not a plain directory; the layout is refused.")
+        return path
+
+    @staticmethod
+    def _read_file(path: str, limit: int, what: str) -> bytes:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotALayoutError(f"{path} is missing, so this is not a complete OCI layout.") from None
+        except OSError as exc:
+            raise translate_os_error(exc, f"reading {what}", path) from None
+        with os.fdopen(fd, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(size + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:
+            raise CorruptIndexError(f"{path} is larger than {limit} bytes, far more than {what} should be.")
+        return data
+
+    def _write_file(self, name: str, data: bytes, fsync: bool, doing: str) -> None:
+        """Write the file ``name`` (relative to the root) atomically: temp file, fsync, rename, fsync dir."""
+        target = self._path(name)
+        tmp = self._write_temp(data, fsync, doing)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            _unlink_quiet(tmp)
+            raise translate_os_error(exc, doing, target) from None
+        if fsync:
+            fsync_dir(os.path.dirname(target))
+
+    def _write_temp(self, data: bytes, fsync: bool, doing: str) -> str:
+        """Write ``data`` into a new temp file of the partial directory, locked while written; return its path."""
+        directory = self._ensure_dir(PARTIAL_DIR)
+        while True:
+            try:
+                fd, tmp = create_temp(directory, TEMP_PREFIX)
+            except OSError as exc:
+                raise translate_os_error(exc, doing, directory) from None
+            try:
+                # cleanup_partials() skips temp files locked by their writer; it may have removed this
+                # one between creation and lock, in which case the file has no name left: start again.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_nlink == 0:
+                    continue
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                _unlink_quiet(tmp)
+                raise translate_os_error(exc, doing, tmp) from None
+            except BaseException:
+                _unlink_quiet(tmp)
+                raise
+            finally:
+                os.close(fd)
+            return tmp
+
+    # blobs -----------------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> str:
+        """``<root>/blobs/sha256/<hex>`` for a valid sha256 digest (InvalidDigestError otherwise)."""
+        return os.path.join(self.root, BLOBS_DIR, "sha256", digest_hex(digest))
+
+    def blob_status(self, digest: str, size: int, verify: bool = False) -> str:
+        """What is stored under ``digest``: one of the ``BLOB_*`` constants.
+
+        ``BLOB_PRESENT`` when a regular file of ``size`` bytes is there (and, with ``verify``, its bytes
+        hash to ``digest``); otherwise ``BLOB_MISSING``, ``BLOB_NOT_A_FILE`` (a symbolic link, a
+        directory...), ``BLOB_SIZE_MISMATCH`` or ``BLOB_DIGEST_MISMATCH``. Anything but present means the
+        blob must be fetched again; :meth:`commit_blob` then replaces what is there.
+        """
+        path = self.blob_path(digest)
+        check_size(size, digest)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return BLOB_MISSING
+        except OSError as exc:
+            raise translate_os_error(exc, f"checking blob {digest}", path) from None
+        if not stat.S_ISREG(info.st_mode):
+            return BLOB_NOT_A_FILE
+        if info.st_size != size:
+            return BLOB_SIZE_MISMATCH
+        if verify:
+            with self.open_blob(digest) as handle:
+                if _sha256_fd(handle.fileno()) != digest:
+                    return BLOB_DIGEST_MISMATCH
+        return BLOB_PRESENT
+
+    def has_blob(self, digest: str, size: int, verify: bool = False) -> bool:
+        """True when the blob is stored with that size (and, with ``verify``, those bytes)."""
+        return self.blob_status(digest, size, verify) == BLOB_PRESENT
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """Open a stored blob for reading (binary, unbuffered position; the caller closes it)."""
+        path = self.blob_path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"Blob {digest} is not in the OCI layout {self.root}.") from None
+        except OSError as exc:
+            raise translate_os_error(exc, f"opening blob {digest}", path) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BlobNotFoundError(f"Blob {digest} in the OCI layout {self.root} is not a regular file.")
+        return os.fdopen(fd, "rb")
+
+    def read_blob(self, digest: str, max_size: int = MAX_SMALL_BLOB) -> bytes:
+        """The bytes of a small blob (manifest, index, config), checked against ``digest``."""
+        with self.open_blob(digest) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_size:
+                raise BlobMismatchError(f"Blob {digest} in {self.root} is larger than {max_size} bytes, too large for a manifest or config.")
+            data = handle.read(size + 1)  # not read(max_size): that would allocate max_size up front
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise BlobMismatchError(f"Blob {digest} in {self.root} does not hash to its digest; it was altered on disk.")
+        return data
+
+    def write_blob(self, data: bytes, expected_digest: str | None = None, fsync: bool = True) -> str:
+        """Store a small blob (manifest, config) and return its digest.
+
+        The digest is computed here. With ``expected_digest``, bytes that hash to anything else raise
+        BlobMismatchError and nothing is written. A blob already stored with these bytes is left alone.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("write_blob() takes bytes")
+        data = bytes(data)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if expected_digest is not None:
+            digest_hex(expected_digest)
+            if expected_digest != digest:
+                raise BlobMismatchError(
+                    f"Refusing to store a blob as {expected_digest}: its {len(data)} bytes hash to {digest}.")
+        if self.has_blob(digest, len(data), verify=True):
+            return digest
+        self._ensure_dir(BLOBS_DIR + "/sha256")
+        tmp = self._write_temp(data, fsync, f"writing blob {digest}")
+        target = self.blob_path(digest)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            _unlink_quiet(tmp)
+            raise translate_os_error(exc, f"storing blob {digest}", target) from None
+        if fsync:
+            fsync_dir(os.path.dirname(target))
+        return digest
+
+    # partial downloads -----------------------------------------------------------------------------
+
+    def partial_path(self, digest: str) -> str:
+        """Where the download of ``digest`` is written until commit: ``.ecrkit/partial/<hex>``.
+
+        The path is the same for every run, so an interrupted download can be resumed; the directory
+        is created if needed. Hold :meth:`claim_partial` while writing it.
+        """
+        hexpart = digest_hex(digest)
+        return os.path.join(self._ensure_dir(PARTIAL_DIR), hexpart)
+
+    @contextlib.contextmanager
+    def claim_partial(self, digest: str, timeout: float | None = None) -> Iterator[str]:
+        """Hold the exclusive right to write the partial file of ``digest``; yields :meth:`partial_path`.
+
+        Another process (or thread) downloading the same blob into this layout waits here, ``timeout``
+        seconds at most (None: until the holder is done; LockTimeoutError after that). The holder
+        should check :meth:`has_blob` first once it has the claim: the previous holder may have
+        committed the blob. :meth:`cleanup_partials` never removes a claimed partial.
+        """
+        path = self.partial_path(digest)
+        claim = path + CLAIM_SUFFIX
+        fd = _flock(claim, timeout, f"the download of {digest}")
+        try:
+            yield path
+        finally:
+            try:
+                if not os.path.lexists(path):
+                    # committed or abandoned: the claim file has nothing left to guard
+                    _unlink_quiet(claim)
+            finally:
+                os.close(fd)
+
+    def commit_blob(self, partial_path: str, digest: str, size: int, fsync: bool = True) -> str:
+        """Make a complete download visible as ``blobs/sha256/<hex>``; return that path.
+
+        The caller has verified that the file's bytes hash to ``digest``. Here the size is checked
+        (BlobMismatchError, and the file is left where it is), the file is fsynced when ``fsync``,
+        renamed into place (replacing a damaged blob of that name), and the journal sidecar
+        ``partial_path + ".journal"`` is removed; then the blobs directory is fsynced when ``fsync``.
+        """
+        target = self.blob_path(digest)
+        check_size(size, digest)
+        try:
+            fd = os.open(partial_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"Cannot commit blob {digest}: its download file {partial_path} is not there.") from None
+        except OSError as exc:
+            raise translate_os_error(exc, f"committing blob {digest}", partial_path) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise BlobMismatchError(f"Cannot commit blob {digest}: {partial_path} is not a regular file.")
+            if info.st_size != size:
+                raise BlobMismatchError(
+                    f"Refusing to commit blob {digest}: {partial_path} holds {info.st_size} bytes where {size} were expected.")
+            if fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            raise translate_os_error(exc, f"committing blob {digest}", partial_path) from None
+        finally:
+            os.close(fd)
+        self._ensure_dir(BLOBS_DIR + "/sha256")
+        try:
+            os.replace(partial_path, target)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                raise LayoutError(f"Cannot commit blob {digest}: {partial_path} is on another filesystem than {self.root}.") from None
+            raise translate_os_error(exc, f"committing blob {digest}", target) from None
+        _unlink_quiet(partial_path + JOURNAL_SUFFIX)
+        if fsync:
+            fsync_dir(os.path.dirname(target))
+        return target
+
+    def list_partials(self) -> list[PartialBlob]:
+        """The partial downloads present, sorted by digest."""
+        directory = self._path(PARTIAL_DIR)
+        try:
+            names = set(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise translate_os_error(exc, "listing partial downloads", directory) from None
+        result = []
+        for name in sorted(names):
+            path = os.path.join(directory, name)
+            if not _HEX_RE.fullmatch(name):
+                continue
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                result.append(PartialBlob("sha256:" + name, path, info.st_size, name + JOURNAL_SUFFIX in names))
+        return result
+
+    def cleanup_partials(self, keep: Iterable[str] = frozenset()) -> list[str]:
+        """Remove partial downloads, their journals and claims, and stale temp files; return the paths removed.
+
+        Partials of the digests in ``keep`` stay, and so does anything another process (or thread) is
+        using at the moment: a claimed partial, a temp file being written. Unknown files are left alone.
+        """
+        kept = {digest_hex(digest) for digest in keep}
+        directory = self._path(PARTIAL_DIR)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise translate_os_error(exc, "listing partial downloads", directory) from None
+        removed: list[str] = []
+        groups: set[str] = set()
+        for name in names:
+            base = name
+            for suffix in (JOURNAL_SUFFIX, CLAIM_SUFFIX):
+                if name.endswith(suffix):
+                    base = name[:-len(suffix)]
+            if _HEX_RE.fullmatch(base):
+                groups.add(base)
+            elif name.startswith(TEMP_PREFIX):
+                path = os.path.join(directory, name)
+                fd = _try_flock_existing(path)
+                if fd is not None:
+                    try:
+                        if _unlink_quiet(path):
+                            removed.append(path)
+                    finally:
+                        os.close(fd)
+        for base in sorted(groups - kept):
+            path = os.path.join(directory, base)
+            try:
+                fd = _flock(path + CLAIM_SUFFIX, 0, "a partial download")
+            except LockTimeoutError:
+                continue  # claimed: in use by someone else
+            try:
+                for victim in (path, path + JOURNAL_SUFFIX):
+                    if _unlink_quiet(victim):
+                        removed.append(victim)
+                _unlink_quiet(path + CLAIM_SUFFIX)
+            finally:
+                os.close(fd)
+        return removed
+
+    # index.json ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the exclusive lock of ``index.json`` updates (re-entrant within this object).
+
+        Waits ``timeout`` seconds at most (default: the layout's ``lock_timeout``; None there means no
+        limit), then raises LockTimeoutError. The lock is an flock, so it goes away with a killed process.
+        """
+        timeout = self.lock_timeout if timeout is None else timeout
+        if not self._thread_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise LockTimeoutError(f"Timed out after {timeout:g} s waiting for another thread to update {self._path(INDEX_FILE)}.")
+        try:
+            if self._lock_depth == 0:
+                self._ensure_dir(PRIVATE_DIR)
+                self._lock_fd = _flock(self._path(LOCK_FILE), timeout, f"the lock of {self._path(INDEX_FILE)}")
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+        finally:
+            self._thread_lock.release()
+
+    def read_index(self) -> dict[str, Any]:
+        """The parsed ``index.json`` (CorruptIndexError when it is not an OCI image index)."""
+        path = self._path(INDEX_FILE)
+        return parse_index(self._read_file(path, MAX_INDEX_SIZE, "index.json"), path)
+
+    def find_tag(self, tag: str) -> dict[str, Any] | None:
+        """The descriptor ``index.json`` records for ``tag`` (a copy, validated), or None."""
+        return find_in_index(self.read_index(), tag, self._path(INDEX_FILE))
+
+    def list_tags(self) -> list[str]:
+        """The ref.name of every tagged entry, in index order."""
+        return [name for name in (ref_name(entry) for entry in self.read_index()["manifests"]) if name is not None]
+
+    def set_tag(self, tag: str, descriptor: dict[str, Any], fsync: bool = True) -> dict[str, Any] | None:
+        """Point ``tag`` at ``descriptor`` in ``index.json``; return the entry it replaced, or None.
+
+        The descriptor's blob must already be stored (BlobNotFoundError otherwise), so that a tag never
+        names a manifest that is not there. Under :meth:`lock`: the index is re-read, the first entry of
+        that tag is replaced in place (further entries of the same tag are dropped) or a new entry is
+        appended, every other entry is kept as it was, and the file is replaced atomically. Nothing is
+        written when the entry is already exactly this.
+        """
+        check_tag(tag)
+        entry = check_descriptor(descriptor)
+        annotations = dict(entry.get("annotations") or {})
+        annotations[REF_NAME_ANNOTATION] = tag
+        entry["annotations"] = annotations
+        with self.lock():
+            if not self.has_blob(entry["digest"], entry["size"]):
+                raise BlobNotFoundError(
+                    f"Cannot tag {tag} in {self.root}: manifest {entry['digest']} ({entry['size']} bytes) is not stored there.")
+            index = self.read_index()
+            previous = None
+            manifests = []
+            for item in index["manifests"]:
+                if ref_name(item) == tag:
+                    if previous is None:
+                        previous = item
+                        manifests.append(entry)
+                    continue
+                manifests.append(item)
+            if previous is None:
+                manifests.append(entry)
+            if manifests == index["manifests"]:
+                return copy.deepcopy(previous)
+            index["manifests"] = manifests
+            index.setdefault("mediaType", OCI_INDEX_MEDIA_TYPE)
+            self._write_file(INDEX_FILE, _index_bytes(index), fsync, f"updating index.json for tag {tag}")
+        return copy.deepcopy(previous)
+
+
+def _index_bytes(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,587 @@
+# -*- coding: utf-8 -*-
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Tests for plugins/module_utils/archive.py: oci-archive and docker-archive, written and read.
+
+What is written is read back by skopeo (skipped only when the binary is missing); what is read
+includes archives skopeo wrote and hand-made hostile ones.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tracemalloc
+
+import pytest
+
+from ansible_collections.ecrkit.images.plugins.module_utils.archive import (
+    DOCKER_ARCHIVE,
+    OCI_ARCHIVE,
+    ArchiveError,
+    ArchiveFormatError,
+    UnsafeArchiveError,
+    check_repo_tag,
+    image_blobs,
+    open_docker_archive,
+    open_oci_archive,
+    read_archive_summary,
+    write_docker_archive,
+    write_oci_archive,
+)
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
+    BLOB_DIGEST_MISMATCH,
+    BLOB_MISSING,
+    BLOB_PRESENT,
+    BLOB_SIZE_MISMATCH,
+    REF_NAME_ANNOTATION,
+    BlobMismatchError,
+    BlobNotFoundError,
+    OciLayout,
+)
+
+EMULATOR_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator"))
+if EMULATOR_DIR not in sys.path:
+    sys.path.insert(0, EMULATOR_DIR)
+
+import sample_images as si  # noqa: E402  pylint: disable=wrong-import-position
+
+needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+PLATFORMS = ["linux/amd64", "linux/arm64/v8"]
+REPO_TAGS = ["123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2", "app:latest"]
+
+
+def sha(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path):
+    with open(path, "rb") as handle:
+        return sha(handle.read())
+
+
+def tool(*argv):
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"{argv}: {result.stderr}"
+    return result.stdout
+
+
+def uncompressed_digest(path):
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    opener = gzip.open if magic == b"\x1f\x8b" else open
+    with opener(path, "rb") as handle:
+        return sha(handle.read())
+
+
+@pytest.fixture(name="images", scope="module")
+def fixture_images(tmp_path_factory):
+    """One layout holding several images that share layers."""
+    root = str(tmp_path_factory.mktemp("images") / "layout")
+    built = {
+        "single": si.build_image(root, "single", si.demo_layers()),
+        "multi": si.build_demo_image(root, "multi", platforms=PLATFORMS),
+        "docker": si.build_demo_image(root, "docker", docker=True),
+        "plain": si.build_random_image(root, "plain", count=2, size=96 * 1024, seed=3, compress=False),
+    }
+    return OciLayout(root), built
+
+
+def members(path):
+    with tarfile.open(path) as tar:
+        return [(info.name, info.type, info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname) for info in tar]
+
+
+# oci-archive -------------------------------------------------------------------------------------
+
+def test_oci_archive_holds_exactly_that_image_deterministically(images, tmp_path):
+    layout, built = images
+    image = built["single"]
+    dest = str(tmp_path / "single.tar")
+    result = write_oci_archive(layout, "single", dest)
+    assert result["descriptor"] == dict(image.descriptor.to_json(), annotations={REF_NAME_ANNOTATION: "single"})
+    assert result["size"] == os.path.getsize(dest)
+    expected = ["blobs", "blobs/sha256"] + sorted("blobs/sha256/" + desc.hex for desc in image.blob_descriptors())
+    listed = members(dest)
+    assert [entry[0] for entry in listed] == expected + ["index.json", "oci-layout"]  # sorted, nothing of the others
+    assert {entry[3:] for entry in listed} == {(0, 0, 0, "", "")}
+    assert {(entry[1], entry[2]) for entry in listed} == {(tarfile.DIRTYPE, 0o755), (tarfile.REGTYPE, 0o644)}
+    with tarfile.open(dest) as tar:
+        index = json.loads(tar.extractfile("index.json").read())
+        for desc in image.blob_descriptors():
+            assert sha(tar.extractfile("blobs/sha256/" + desc.hex).read()) == desc.digest
+    assert index == {"schemaVersion": 2, "mediaType": si.OCI_INDEX, "manifests": [result["descriptor"]]}
+    # byte-identical on a second write, and from another layout holding the same image
+    again = str(tmp_path / "again.tar")
+    write_oci_archive(layout, "single", again)
+    other = OciLayout(si.build_image(str(tmp_path / "other"), "single", si.demo_layers()).layout)
+    third = str(tmp_path / "third.tar")
+    write_oci_archive(other, "single", third)
+    assert file_digest(dest) == file_digest(again) == file_digest(third)
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []  # no temp file left
+
+
+@needs_skopeo
+def test_skopeo_reads_and_copies_the_oci_archive(images, tmp_path):
+    layout, built = images
+    image = built["single"]
+    dest = str(tmp_path / "single.tar")
+    write_oci_archive(layout, "single", dest)
+    inspected = json.loads(tool("skopeo", "inspect", f"oci-archive:{dest}"))
+    assert inspected["Digest"] == image.digest
+    assert inspected["Layers"] == [desc.digest for desc in image.layers]
+    copied = OciLayout(str(tmp_path / "copied"), create=True)
+    tool("skopeo", "copy", "--quiet", f"oci-archive:{dest}", f"oci:{copied.root}:single")
+    assert copied.find_tag("single")["digest"] == image.digest
+    for desc in image.blob_descriptors():
+        assert copied.has_blob(desc.digest, desc.size, verify=True)
+
+
+@needs_skopeo
+def test_multi_platform_oci_archive(images, tmp_path):
+    layout, built = images
+    image = built["multi"]
+    dest = str(tmp_path / "multi.tar")
+    write_oci_archive(layout, "multi", dest)
+    assert tool("skopeo", "inspect", "--raw", f"oci-archive:{dest}").encode() == image.manifest_bytes
+    copied = OciLayout(str(tmp_path / "copied"), create=True)
+    tool("skopeo", "copy", "--quiet", "--all", f"oci-archive:{dest}", f"oci:{copied.root}:multi")
+    assert copied.find_tag("multi")["digest"] == image.digest
+    for desc in image.blob_descriptors():
+        assert copied.has_blob(desc.digest, desc.size, verify=True)
+
+
+def test_image_blobs_lists_every_blob_once(images):
+    layout, built = images
+    for name, image in built.items():
+        found = image_blobs(layout, layout.find_tag(name))
+        assert sorted(desc["digest"] for desc in found) == sorted(desc.digest for desc in image.blob_descriptors())
+        assert found[0]["digest"] == image.digest
+
+
+# docker-archive ----------------------------------------------------------------------------------
+
+def test_docker_archive_layout_and_determinism(images, tmp_path):
+    layout, built = images
+    image = built["single"].manifests[0]
+    dest = str(tmp_path / "docker.tar")
+    result = write_docker_archive(layout, "single", dest, REPO_TAGS + [REPO_TAGS[0]])
+    assert result["descriptor"] == built["single"].descriptor.to_json()  # without the layout's ref.name
+    assert result["config"]["digest"] == image.config.digest
+    with tarfile.open(dest) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+        index = json.loads(tar.extractfile("index.json").read())
+        names = tar.getnames()
+    assert manifest == [{
+        "Config": "blobs/sha256/" + image.config.hex,
+        "RepoTags": REPO_TAGS,  # the duplicate is dropped
+        "Layers": ["blobs/sha256/" + desc.hex for desc in image.layers],
+    }]
+    assert [entry["annotations"] for entry in index["manifests"]] == [
+        {"io.containerd.image.name": REPO_TAGS[0], REF_NAME_ANNOTATION: "1.4.2"},
+        {"io.containerd.image.name": "docker.io/library/app:latest", REF_NAME_ANNOTATION: "latest"},
+    ]
+    assert {entry["digest"] for entry in index["manifests"]} == {image.digest}
+    assert names == sorted(names)
+    again = str(tmp_path / "again.tar")
+    write_docker_archive(layout, "single", again, REPO_TAGS)
+    assert file_digest(dest) == file_digest(again)
+
+
+@needs_skopeo
+@pytest.mark.parametrize("name", ["single", "docker", "plain"])
+def test_skopeo_reads_and_copies_the_docker_archive(images, tmp_path, name):
+    layout, built = images
+    image = built[name].manifests[0]
+    dest = str(tmp_path / "docker.tar")
+    write_docker_archive(layout, name, dest, ["example.com/team/app:1"])
+    inspected = json.loads(tool("skopeo", "inspect", f"docker-archive:{dest}"))
+    assert inspected["Layers"] == list(image.diff_ids)  # a docker-archive source reports uncompressed digests
+    assert inspected["RepoTags"] == ["1"] or inspected["RepoTags"] == []
+    copied = OciLayout(str(tmp_path / "copied"), create=True)
+    tool("skopeo", "copy", "--quiet", f"docker-archive:{dest}:example.com/team/app:1", f"oci:{copied.root}:{name}")
+    manifest = json.loads(copied.read_blob(copied.find_tag(name)["digest"]))
+    # skopeo re-serialises the config when it converts to OCI; its content is the same
+    config, original = json.loads(copied.read_blob(manifest["config"]["digest"])), json.loads(image.config_bytes)
+    assert config["rootfs"] == original["rootfs"]
+    assert (config["os"], config["architecture"], config["config"]["Env"]) == ("linux", "amd64", original["config"]["Env"])
+    layer_digests = [uncompressed_digest(copied.blob_path(desc["digest"])) for desc in manifest["layers"]]
+    assert layer_digests == list(image.diff_ids)  # same layer contents
+    if name == "plain":  # stored uncompressed: skopeo reported the very blob digests of the layout
+        assert inspected["Layers"] == [desc.digest for desc in image.layers]
+
+
+def test_docker_archive_refuses_an_index_and_bad_repo_tags(images, tmp_path):
+    layout, dummy = images
+    dest = str(tmp_path / "docker.tar")
+    with pytest.raises(ArchiveError, match="a docker-archive holds a single platform's image manifest, so select one platform"):
+        write_docker_archive(layout, "multi", dest, [])
+    for bad in ("App:1", "app", "app:", "app:-x", "a b:1", "app@sha256:" + "0" * 64, "/app:1", "app:" + "x" * 129, 5):
+        with pytest.raises(ArchiveError, match="is not a repository:tag that a docker-archive can carry"):
+            write_docker_archive(layout, "single", dest, [bad])
+    assert os.listdir(tmp_path) == []
+    for good in ("app:1", "localhost:5000/a/b:x", "123456789012.dkr.ecr.us-west-2.amazonaws.com/team/app:1.2", "a__b/c--d:v_1.0"):
+        assert check_repo_tag(good) == good
+
+
+def test_untagged_docker_archive(images, tmp_path):
+    layout, built = images
+    dest = str(tmp_path / "docker.tar")
+    write_docker_archive(layout, "single", dest, [])
+    summary = read_archive_summary(dest, DOCKER_ARCHIVE)
+    assert summary["images"][0]["repo_tags"] == []
+    assert summary["images"][0]["manifest_digest"] == built["single"].digest
+    assert summary["manifests"] == [{"tag": None, "digest": built["single"].digest, "mediaType": si.OCI_MANIFEST,
+                                     "size": built["single"].size}]
+
+
+# atomicity and destinations ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("writer", [write_oci_archive, lambda layout, tag, dest: write_docker_archive(layout, tag, dest, ["a:1"])])
+def test_a_damaged_layer_leaves_the_destination_as_it_was(tmp_path, writer):
+    built = si.build_image(str(tmp_path / "layout"), "v1", si.demo_layers())
+    layout = OciLayout(built.layout)
+    dest = tmp_path / "out" / "image.tar"
+    dest.parent.mkdir()
+    dest.write_bytes(b"the previous archive")
+    layer = built.layers[1]
+    with open(layout.blob_path(layer.digest), "r+b") as handle:  # same size, other bytes
+        handle.seek(10)
+        handle.write(b"\x00\x01")
+    with pytest.raises(BlobMismatchError, match=f"Blob {layer.digest} in {layout.root} does not hash to its digest; pull the image again"):
+        writer(layout, "v1", str(dest))
+    assert dest.read_bytes() == b"the previous archive" and os.listdir(dest.parent) == ["image.tar"]
+    with open(layout.blob_path(layer.digest), "ab") as handle:
+        handle.write(b"!")
+    with pytest.raises(BlobMismatchError, match="is damaged"):
+        writer(layout, "v1", str(dest))
+    os.unlink(layout.blob_path(layer.digest))
+    with pytest.raises(BlobNotFoundError, match=f"Blob {layer.digest} is not in the OCI layout"):
+        writer(layout, "v1", str(dest))
+    assert dest.read_bytes() == b"the previous archive" and os.listdir(dest.parent) == ["image.tar"]
+
+
+def test_destinations_that_are_refused(images, tmp_path):
+    layout, dummy = images
+    (tmp_path / "target").write_bytes(b"keep me")
+    os.symlink(tmp_path / "target", tmp_path / "link.tar")
+    with pytest.raises(UnsafeArchiveError, match="is a symbolic link .*refusing to replace it"):
+        write_oci_archive(layout, "single", str(tmp_path / "link.tar"))
+    assert (tmp_path / "target").read_bytes() == b"keep me"
+    with pytest.raises(ArchiveError, match="does not exist"):
+        write_oci_archive(layout, "single", str(tmp_path / "missing" / "x.tar"))
+    with pytest.raises(ArchiveError, match="it is a directory"):
+        write_oci_archive(layout, "single", str(tmp_path))
+    with pytest.raises(BlobNotFoundError, match=r"No image is tagged nope in the OCI layout .* \(its tags: "):
+        write_oci_archive(layout, "nope", str(tmp_path / "x.tar"))
+
+
+def test_writing_streams_in_constant_memory(tmp_path):
+    built = si.build_random_image(str(tmp_path / "layout"), "big", count=1, size=24 << 20, seed=1)
+    layout = OciLayout(built.layout)
+    tracemalloc.start()
+    try:
+        write_oci_archive(layout, "big", str(tmp_path / "big.tar"), fsync=False)
+        write_docker_archive(layout, "big", str(tmp_path / "big-docker.tar"), ["big:1"], fsync=False)
+        with open_oci_archive(str(tmp_path / "big.tar")) as archive:
+            assert archive.blob_status(built.layers[0].digest, built.layers[0].size, verify=True) == BLOB_PRESENT
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 << 20, peak
+
+
+# summaries ---------------------------------------------------------------------------------------
+
+def test_read_archive_summary(images, tmp_path):
+    layout, built = images
+    oci, docker = str(tmp_path / "oci.tar"), str(tmp_path / "docker.tar")
+    assert read_archive_summary(oci, OCI_ARCHIVE) is None
+    write_oci_archive(layout, "multi", oci)
+    write_docker_archive(layout, "docker", docker, ["example.com/x:1"])
+    assert read_archive_summary(oci, OCI_ARCHIVE) == {
+        "format": OCI_ARCHIVE,
+        "manifests": [{"tag": "multi", "digest": built["multi"].digest, "mediaType": si.OCI_INDEX, "size": built["multi"].size}],
+        "images": [],
+    }
+    image = built["docker"].manifests[0]
+    summary = read_archive_summary(docker, DOCKER_ARCHIVE)
+    assert summary["images"] == [{
+        "repo_tags": ["example.com/x:1"],
+        "config_digest": image.config.digest,
+        "manifest_digest": image.digest,
+        "layers": ["blobs/sha256/" + desc.hex for desc in image.layers],
+    }]
+    assert [(entry["tag"], entry["digest"]) for entry in summary["manifests"]] == [("1", image.digest)]
+    with pytest.raises(ArchiveFormatError, match="has no manifest.json"):
+        read_archive_summary(oci, DOCKER_ARCHIVE)
+    (tmp_path / "junk.tar").write_bytes(b"not an archive at all" * 100)
+    with pytest.raises(ArchiveFormatError, match="is not a readable tar archive"):
+        read_archive_summary(str(tmp_path / "junk.tar"), OCI_ARCHIVE)
+    with pytest.raises(ArchiveError, match="Unknown archive format"):
+        read_archive_summary(oci, "tar")
+
+
+def test_summary_of_an_oci_archive_missing_a_layer(images, tmp_path):
+    layout, built = images
+    image = built["single"]
+    dest = str(tmp_path / "broken.tar")
+    layer = "blobs/sha256/" + image.layers[0].hex
+    with tarfile.open(dest, "w") as tar:
+        for name in ["index.json", "oci-layout"] + ["blobs/sha256/" + desc.hex for desc in image.blob_descriptors()]:
+            if name == layer:
+                continue
+            data = json.dumps({"schemaVersion": 2, "manifests": [image.descriptor.to_json()]}).encode() if name == "index.json" else \
+                b'{"imageLayoutVersion":"1.0.0"}' if name == "oci-layout" else layout.read_blob("sha256:" + name[13:], 1 << 30)
+            add_file(tar, name, data)
+    with pytest.raises(ArchiveFormatError, match=f"lacks blob {image.layers[0].digest}"):
+        read_archive_summary(dest, OCI_ARCHIVE)
+    with open_oci_archive(dest) as archive:
+        assert archive.blob_status(image.layers[0].digest, image.layers[0].size) == BLOB_MISSING
+        with pytest.raises(BlobNotFoundError, match="is not in the archive"):
+            archive.open_blob(image.layers[0].digest)
+
+
+# reading -----------------------------------------------------------------------------------------
+
+def test_open_oci_archive_streams_blobs(images, tmp_path):
+    layout, built = images
+    dest = str(tmp_path / "multi.tar")
+    write_oci_archive(layout, "multi", dest)
+    with open_oci_archive(dest) as archive:
+        assert archive.format == OCI_ARCHIVE and archive.compression is None
+        assert archive.list_tags() == ["multi"]
+        top = archive.find_tag("multi")
+        assert top["digest"] == built["multi"].digest and archive.find_tag("other") is None
+        assert image_blobs(archive, top) == image_blobs(layout, layout.find_tag("multi"))
+        for desc in built["multi"].blob_descriptors():
+            assert archive.blob_status(desc.digest, desc.size, verify=True) == BLOB_PRESENT
+            with archive.open_blob(desc.digest) as stream, layout.open_blob(desc.digest) as expected:
+                assert stream.read() == expected.read()
+        layer = built["multi"].layers[0]
+        assert archive.blob_status(layer.digest, layer.size + 1) == BLOB_SIZE_MISMATCH
+        with archive.open_blob(layer.digest) as one, archive.open_blob(layer.digest) as two:
+            one.seek(10)
+            assert one.read(5) == layout.read_blob(layer.digest, 1 << 30)[10:15]
+            assert two.read(3) == layout.read_blob(layer.digest, 1 << 30)[:3]  # independent positions
+            assert one.tell() == 15 and one.seek(-2, io.SEEK_END) == layer.size - 2
+        assert archive.read_blob(built["multi"].digest) == built["multi"].manifest_bytes
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bzip2", "xz"])
+def test_compressed_archives_are_read_through_a_temporary_copy(images, tmp_path, compression):
+    layout, built = images
+    plain = str(tmp_path / "single.tar")
+    write_oci_archive(layout, "single", plain)
+    packed = str(tmp_path / ("single.tar." + compression))
+    opener = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}[compression]
+    with open(plain, "rb") as source, opener(packed, "wb") as target:
+        shutil.copyfileobj(source, target)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with open_oci_archive(packed, tmpdir=str(scratch)) as archive:
+        assert archive.compression == compression
+        assert archive.find_tag("single")["digest"] == built["single"].digest
+        for desc in built["single"].blob_descriptors():
+            assert archive.has_blob(desc.digest, desc.size, verify=True)
+        assert os.listdir(scratch) == []  # an anonymous file: nothing to clean up, even after a crash
+    assert read_archive_summary(packed, OCI_ARCHIVE)["manifests"][0]["digest"] == built["single"].digest
+
+
+def test_unreadable_compressions(tmp_path):
+    (tmp_path / "a.tar.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 100)
+    with pytest.raises(ArchiveFormatError, match=r"compressed with zstd, which cannot be read here; decompress it first \(zstd -d\)"):
+        open_oci_archive(str(tmp_path / "a.tar.zst"))
+    (tmp_path / "a.tar.gz").write_bytes(gzip.compress(b"x" * 10000)[:-20])
+    with pytest.raises(ArchiveFormatError, match="is not a valid gzip file"):
+        open_docker_archive(str(tmp_path / "a.tar.gz"))
+    with pytest.raises(ArchiveFormatError, match="There is no archive at"):
+        open_docker_archive(str(tmp_path / "none.tar"))
+    with pytest.raises(ArchiveFormatError, match="not a regular file"):
+        open_docker_archive(str(tmp_path))
+
+
+@needs_skopeo
+def test_open_a_docker_archive_written_by_skopeo(images, tmp_path):
+    layout, built = images
+    image = built["single"].manifests[0]
+    dest = str(tmp_path / "skopeo.tar")
+    tool("skopeo", "copy", "--quiet", f"oci:{layout.root}:single", f"docker-archive:{dest}:example.com/team/app:1")
+    with open_docker_archive(dest) as archive:
+        assert archive.oci_index is None
+        entry = archive.find_repo_tag("example.com/team/app:1")
+        assert entry is archive.manifest[0] and archive.find_repo_tag("other:1") is None
+        assert archive.manifest_digest(entry) is None
+        assert [archive.hash_member(layer) for layer in entry["Layers"]] == list(image.diff_ids)
+        assert json.loads(archive.read_member(entry["Config"], 1 << 20))["rootfs"]["diff_ids"] == list(image.diff_ids)
+        links = [name for name in archive.names() if name.endswith("/layer.tar")]
+        assert links and all(archive.has_member(name) for name in links)  # skopeo's legacy symlinks resolve inside
+    summary = read_archive_summary(dest, DOCKER_ARCHIVE)
+    assert summary["manifests"] == [] and summary["images"][0]["repo_tags"] == ["example.com/team/app:1"]
+
+
+def test_open_our_docker_archive(images, tmp_path):
+    layout, built = images
+    dest = str(tmp_path / "docker.tar")
+    write_docker_archive(layout, "single", dest, ["app:1"])
+    with open_docker_archive(dest) as archive:
+        entry = archive.manifest[0]
+        assert archive.config_digest(entry) == built["single"].config_digest
+        assert archive.manifest_digest(entry) == built["single"].digest
+        assert archive.oci_index["manifests"][0]["digest"] == built["single"].digest
+        assert archive.member_size(entry["Layers"][0]) == built["single"].layers[0].size
+
+
+# hostile archives --------------------------------------------------------------------------------
+
+def add_file(tar, name, data=b"x", **fields):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def add_link(tar, name, target, kind=tarfile.SYMTYPE):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    tar.addfile(info)
+
+
+def docker_manifest(layers, config="config.json"):
+    return json.dumps([{"Config": config, "RepoTags": ["a:1"], "Layers": layers}]).encode()
+
+
+def valid_members(tar):
+    add_file(tar, "config.json", b"{}")
+    add_file(tar, "layer.tar", b"layer")
+
+
+HOSTILE = {
+    "dotdot": (lambda tar: add_file(tar, "../evil"), UnsafeArchiveError, r"path leaves the archive \(../evil\)"),
+    "nested dotdot": (lambda tar: add_file(tar, "blobs/../../evil"), UnsafeArchiveError, "path leaves the archive"),
+    "absolute": (lambda tar: add_file(tar, "/etc/evil"), UnsafeArchiveError, r"absolute path \(/etc/evil\)"),
+    "symlink to absolute": (lambda tar: add_link(tar, "layer.tar", "/etc/passwd"), UnsafeArchiveError,
+                            r"link layer.tar to an absolute path \(/etc/passwd\)"),
+    "symlink escaping": (lambda tar: add_link(tar, "dir/layer.tar", "../../outside"), UnsafeArchiveError,
+                         "pointing outside the archive"),
+    "hardlink escaping": (lambda tar: add_link(tar, "layer.tar", "../outside", tarfile.LNKTYPE), UnsafeArchiveError,
+                          "pointing outside the archive"),
+    "hardlink to absolute": (lambda tar: add_link(tar, "layer.tar", "/etc/shadow", tarfile.LNKTYPE), UnsafeArchiveError,
+                             "to an absolute path"),
+    "duplicate": (lambda tar: (add_file(tar, "manifest.json", docker_manifest(["layer.tar"])), valid_members(tar),
+                               add_file(tar, "./manifest.json", docker_manifest(["other.tar"]))),
+                  UnsafeArchiveError, "holds manifest.json more than once"),
+    "device": (lambda tar: add_file(tar, "dev/sda", b"", type=tarfile.BLKTYPE), UnsafeArchiveError, "device, FIFO or sparse"),
+    "fifo": (lambda tar: add_file(tar, "pipe", b"", type=tarfile.FIFOTYPE), UnsafeArchiveError, "device, FIFO or sparse"),
+    "missing layer": (lambda tar: (valid_members(tar), add_file(tar, "manifest.json", docker_manifest(["layer.tar", "gone.tar"]))),
+                      ArchiveFormatError, "names gone.tar, which is not a file in the archive"),
+    "manifest naming a path outside": (lambda tar: (valid_members(tar), add_file(tar, "manifest.json", docker_manifest(["../../etc/passwd"]))),
+                                       UnsafeArchiveError, "path leaves the archive"),
+    "manifest naming a directory": (lambda tar: (valid_members(tar), add_file(tar, "d", b"", type=tarfile.DIRTYPE),
+                                                 add_file(tar, "manifest.json", docker_manifest(["d"]))),
+                                    ArchiveFormatError, "names d, which is not a file"),
+    "link loop": (lambda tar: (valid_members(tar), add_link(tar, "a.tar", "b.tar"), add_link(tar, "b.tar", "a.tar"),
+                               add_file(tar, "manifest.json", docker_manifest(["a.tar"]))),
+                  ArchiveFormatError, "part of a loop"),
+    "dangling link": (lambda tar: (valid_members(tar), add_link(tar, "a.tar", "nothing.tar")), ArchiveFormatError,
+                      "points to nothing.tar, which is not in the archive"),
+    "no manifest": (valid_members, ArchiveFormatError, "has no manifest.json"),
+    "manifest not json": (lambda tar: add_file(tar, "manifest.json", b"[{"), ArchiveFormatError, "manifest.json .* is not valid JSON"),
+    "manifest wrong shape": (lambda tar: add_file(tar, "manifest.json", b'[{"Config": 1}]'), ArchiveFormatError,
+                             "needs a Config file name and a list of Layers"),
+    "empty manifest": (lambda tar: add_file(tar, "manifest.json", b"[]"), ArchiveFormatError, "not a non-empty list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_docker_archives_are_refused(tmp_path, case):
+    build, error, message = HOSTILE[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    path = str(work / "hostile.tar")
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        build(tar)
+    before = sorted(os.listdir(tmp_path)), sorted(os.listdir(work))
+    with pytest.raises(error, match=message) as info:
+        open_docker_archive(path)
+    assert str(info.value).endswith(".") and "\n" not in str(info.value)
+    assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(work))) == before  # nothing written anywhere
+
+
+def test_links_inside_the_archive_are_followed(tmp_path):
+    path = str(tmp_path / "links.tar")
+    with tarfile.open(path, "w") as tar:
+        valid_members(tar)
+        add_link(tar, "legacy/layer.tar", "../layer.tar")
+        add_link(tar, "hard.tar", "layer.tar", tarfile.LNKTYPE)
+        add_link(tar, "chain.tar", "legacy/layer.tar")
+        add_file(tar, "manifest.json", docker_manifest(["legacy/layer.tar", "hard.tar", "./chain.tar"]))
+    with open_docker_archive(path) as archive:
+        for name in archive.manifest[0]["Layers"]:
+            with archive.open_member(name) as handle:
+                assert handle.read() == b"layer"
+        assert archive.config_digest(archive.manifest[0]) == sha(b"{}")
+
+
+def test_truncated_and_malformed_tars(images, tmp_path):
+    layout, dummy = images
+    good = str(tmp_path / "good.tar")
+    write_docker_archive(layout, "plain", good, ["a:1"])
+    with open(good, "rb") as handle:
+        data = handle.read()
+    for name, content, message in (("cut.tar", data[:len(data) // 2], "truncated|not a readable tar"),
+                                   ("empty.tar", b"", "not a readable tar archive"),
+                                   ("noise.tar", os.urandom(4096), "not a readable tar archive")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ArchiveFormatError, match=message):
+            open_docker_archive(str(tmp_path / name))
+
+
+def test_oci_archive_without_layout_files(tmp_path):
+    path = str(tmp_path / "x.tar")
+    with tarfile.open(path, "w") as tar:
+        add_file(tar, "index.json", b'{"schemaVersion": 2, "manifests": []}')
+    with pytest.raises(ArchiveFormatError, match="is not an oci-archive: it has no oci-layout or no index.json"):
+        open_oci_archive(path)
+    with tarfile.open(path, "w") as tar:
+        add_file(tar, "index.json", b'{"schemaVersion": 2, "manifests": []}')
+        add_file(tar, "oci-layout", b'{"imageLayoutVersion": "9"}')
+    with pytest.raises(ArchiveFormatError, match="does not declare an OCI image layout version 1.x"):
+        open_oci_archive(path)
+    with tarfile.open(path, "w") as tar:
+        add_file(tar, "index.json", b'{"schemaVersion": 2, "manifests": [{"mediaType": "x", "digest": "sha256:../../etc", "size": 1,'
+                                    b' "annotations": {"org.opencontainers.image.ref.name": "t"}}]}')
+        add_file(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+    with open_oci_archive(path) as archive:
+        with pytest.raises(Exception, match="not a valid digest"):
+            archive.find_tag("t")
+        with pytest.raises(Exception, match="not a valid digest"):
+            archive.open_blob("sha256:../../../etc/passwd")
+    with pytest.raises(ArchiveFormatError, match="not a valid digest"):
+        read_archive_summary(path, OCI_ARCHIVE)
+
+
+def test_tampered_blob_in_an_oci_archive(images, tmp_path):
+    layout, built = images
+    image = built["single"]
+    path = str(tmp_path / "x.tar")
+    write_oci_archive(layout, "single", path)
+    with tarfile.open(path) as tar:
+        offset = tar.getmember("blobs/sha256/" + image.layers[0].hex).offset_data
+    with open(path, "r+b") as handle:
+        handle.seek(offset + 3)
+        handle.write(b"\xff")
+    with open_oci_archive(path) as archive:
+        assert archive.blob_status(image.layers[0].digest, image.layers[0].size) == BLOB_PRESENT
+        assert archive.blob_status(image.layers[0].digest, image.layers[0].size, verify=True) == BLOB_DIGEST_MISMATCH
