@@ -37,6 +37,7 @@ ecr_access_key: "$access_key"
 ecr_secret_key: "$secret_key"
 ecr_region: "$region"
 ecr_account_id: "$account_id"
+ecr_sample_images: "$PWD/tests/emulator/sample_images.py"
 EOT
 
 status=0

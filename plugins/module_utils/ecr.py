@@ -223,6 +223,10 @@ class EcrRepository:
             if failure.get("failureCode") == "ImageNotFound":
                 return_error: EcrApiError = ImageNotFoundError(
                     f"The image {what} does not exist in {self._where}; check the tag or digest.")
+            elif failure.get("failureCode") == "ImageTagDoesNotMatchDigest":
+                return_error = ImageNotFoundError(
+                    f"In {self._where} the tag '{image_id.get('imageTag')}' does not point at "
+                    f"{image_id.get('imageDigest')}; fix the digest in the reference or drop it to follow the tag.")
             else:
                 return_error = EcrApiError(f"ECR could not return the image {what} from {self._where}: "
                                            f"{failure.get('failureCode')}: {reason}.")

@@ -169,3 +169,13 @@ def test_client_config_follows_the_registry_host(host, expected):
 ])
 def test_blob_tls_verify(params, expected):
     assert ecr.blob_tls_verify(params) == expected
+
+
+def test_tag_and_digest_that_disagree(pushed):
+    endpoint = pushed[0]
+    client = endpoint.client()
+    other, dummy = push_image(client, "team/app", [b"another layer"], tag="2.0")
+    repository, dummy = make_repository(endpoint)
+    with pytest.raises(ecr.ImageNotFoundError) as info:
+        repository.get_manifest({"imageTag": "1.0", "imageDigest": other}, ACCEPTED)
+    assert "tag '1.0' does not point at " + other in str(info.value)

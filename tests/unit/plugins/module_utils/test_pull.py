@@ -1,0 +1,209 @@
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pull use case end to end against the local ECR endpoint (module_utils only, no Ansible)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.ecrkit.images.plugins.module_utils import ecr, layout, pull
+from ansible_collections.ecrkit.images.plugins.module_utils.manifest import PlatformNotFoundError
+
+EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
+if EMULATOR_DIR not in sys.path:
+    sys.path.insert(0, EMULATOR_DIR)
+
+# pylint: disable=wrong-import-position,unused-import,redefined-outer-name
+import sample_images  # noqa: E402
+from fixture import ecr_endpoint  # noqa: E402,F401
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def seeded(ecr_endpoint, tmp_path):
+    """Two single-platform images sharing two layers, and a two-platform index."""
+    source = str(tmp_path / "source")
+    client = ecr_endpoint.client()
+    images = {
+        "one": sample_images.build_random_image(source, "one", count=2, size=3 * MIB, seed="s"),
+        "two": sample_images.build_random_image(source, "two", count=3, size=3 * MIB, seed="s"),
+        "multi": sample_images.build_demo_image(source, "multi", platforms=["linux/amd64", "linux/arm64/v8"]),
+    }
+    for tag, image in images.items():
+        sample_images.push_image(client, image, "team/app", create_repository=True)
+    return ecr_endpoint, images
+
+
+def options(endpoint, tag, dest, **kwargs):
+    ref = f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/team/app:{tag}"
+    kwargs.setdefault("chunk_size", MIB)
+    kwargs.setdefault("max_connections", 4)
+    return pull.PullOptions.from_params(ref=ref, dest=str(dest), **kwargs)
+
+
+def run(endpoint, opts):
+    return pull.pull(opts, lambda ref: ecr.EcrRepository(endpoint.client(), ref, ecr.RetryPolicy(attempts=2)))
+
+
+def test_pull_then_nothing_to_do(seeded, tmp_path):
+    endpoint, images = seeded
+    dest = tmp_path / "dest"
+    first = run(endpoint, options(endpoint, "one", dest))
+    assert first["changed"] and first["digest"] == images["one"].digest
+    assert {layer["action"] for layer in first["layers"]} == {"downloaded"}
+    assert first["bytes_transferred"] == sum(blob["size"] for blob in first["layers"])
+    assert first["platform"] == "linux/amd64"
+    store = layout.OciLayout(str(dest))
+    assert store.find_tag("one")["digest"] == images["one"].digest
+    assert store.read_blob(images["one"].digest) == images["one"].manifest_bytes
+    assert not os.listdir(dest / ".ecrkit" / "partial")
+
+    endpoint.reset_stats()
+    again = run(endpoint, options(endpoint, "one", dest))
+    assert not again["changed"] and again["bytes_transferred"] == 0 and again["api_calls"] == 1
+    assert {layer["action"] for layer in again["layers"]} == {"present"}
+    assert endpoint.stats()["api_calls_total"] == 1
+    assert again["diff"] == {"before": {"tag": images["one"].digest}, "after": {"tag": images["one"].digest}}
+
+
+def test_shared_layers_are_not_downloaded_again(seeded, tmp_path):
+    endpoint, dummy = seeded
+    run(endpoint, options(endpoint, "one", tmp_path / "dest"))
+    second = run(endpoint, options(endpoint, "two", tmp_path / "dest"))
+    actions = [layer["action"] for layer in second["layers"]]
+    assert actions.count("present") == 2 and actions.count("downloaded") == 2
+    assert second["bytes_transferred"] < 4 * MIB
+
+
+def test_check_mode_writes_nothing(seeded, tmp_path):
+    endpoint, images = seeded
+    planned = run(endpoint, options(endpoint, "one", tmp_path / "dest", check_mode=True))
+    assert planned["changed"] and planned["digest"] == images["one"].digest
+    assert {layer["action"] for layer in planned["layers"]} == {"download"}
+    assert not (tmp_path / "dest").exists()
+
+
+def test_missing_policy_makes_no_call(seeded, tmp_path):
+    endpoint, images = seeded
+    run(endpoint, options(endpoint, "one", tmp_path / "dest"))
+    endpoint.reset_stats()
+    result = run(endpoint, options(endpoint, "one", tmp_path / "dest", policy="missing"))
+    assert not result["changed"] and result["api_calls"] == 0 and result["digest"] == images["one"].digest
+    assert endpoint.stats()["api_calls_total"] == 0
+
+
+def test_index_platform_selection_and_idempotency(seeded, tmp_path):
+    endpoint, images = seeded
+    arm = run(endpoint, options(endpoint, "multi", tmp_path / "dest", platform="linux/arm64"))
+    child = [image for image in images["multi"].manifests if "arm64" in str(image.platform)][0]
+    assert arm["digest"] == images["multi"].digest and arm["manifest_digest"] == child.digest
+    assert arm["platform"] == "linux/arm64/v8"
+    again = run(endpoint, options(endpoint, "multi", tmp_path / "dest", platform="linux/arm64/v8"))
+    assert not again["changed"] and again["api_calls"] == 1
+    amd = run(endpoint, options(endpoint, "multi", tmp_path / "dest", platform="linux/amd64"))
+    assert amd["changed"] and amd["manifest_digest"] != child.digest
+
+
+def test_all_platforms_keeps_the_index(seeded, tmp_path):
+    endpoint, images = seeded
+    result = run(endpoint, options(endpoint, "multi", tmp_path / "dest", all_platforms=True))
+    assert result["platform"] == "all" and result["manifest_digest"] == images["multi"].digest
+    store = layout.OciLayout(str(tmp_path / "dest"))
+    for image in images["multi"].manifests:
+        assert store.read_blob(image.digest) == image.manifest_bytes
+    assert not run(endpoint, options(endpoint, "multi", tmp_path / "dest", all_platforms=True))["changed"]
+
+
+def test_no_matching_platform_lists_what_there_is(seeded, tmp_path):
+    endpoint, dummy = seeded
+    with pytest.raises(PlatformNotFoundError) as info:
+        run(endpoint, options(endpoint, "multi", tmp_path / "dest", platform="linux/s390x"))
+    assert "linux/amd64" in str(info.value) and "linux/arm64/v8" in str(info.value)
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("dest_format", ["oci-archive", "docker-archive"])
+def test_archives_are_written_once(seeded, tmp_path, dest_format):
+    endpoint, images = seeded
+    dest = tmp_path / "image.tar"
+    first = run(endpoint, options(endpoint, "one", dest, dest_format=dest_format))
+    assert first["changed"] and dest.is_file()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # staging removed
+    again = run(endpoint, options(endpoint, "one", dest, dest_format=dest_format))
+    assert not again["changed"] and again["api_calls"] == 1 and again["bytes_transferred"] == 0
+    if shutil.which("skopeo"):
+        inspected = json.loads(subprocess.run(["skopeo", "inspect", f"{dest_format}:{dest}"], check=True,
+                                              capture_output=True, text=True).stdout)
+        assert len(inspected["Layers"]) == 2
+        if dest_format == "oci-archive":
+            assert inspected["Digest"] == images["one"].digest
+
+
+def test_killed_pull_resumes_where_it_stopped(seeded, tmp_path):
+    endpoint, images = seeded
+    dest = tmp_path / "dest"
+    partials = dest / ".ecrkit" / "partial"
+    # the first layer stalls half way through, so the child is surely mid-download when it is killed,
+    # while the other connection completes ranges of the second layer
+    endpoint.set_faults(f"stall-blob:after=524288,seconds=30,count=100,digest={images['one'].layers[0].digest}")
+    child = multiprocessing.get_context("fork").Process(
+        target=run, args=(endpoint, options(endpoint, "one", dest, max_connections=8)))
+    child.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _journaled_bytes(partials):
+            time.sleep(0.05)
+        assert _journaled_bytes(partials), "the download never got going"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+    endpoint.clear_faults()
+
+    result = run(endpoint, options(endpoint, "one", dest))
+    total = sum(blob["size"] for blob in result["layers"])
+    assert result["changed"] and result["bytes_transferred"] < total
+    store = layout.OciLayout(str(dest))
+    assert all(store.has_blob(blob["digest"], blob["size"], verify=True) for blob in result["layers"])
+    assert store.find_tag("one")["digest"] == images["one"].digest
+    assert not os.listdir(partials)
+
+
+def _journaled_bytes(partials):
+    """True once a blob has ranges recorded as written (a journal holds a header line, then a line a range)."""
+    if not partials.is_dir():
+        return False
+    return any(name.endswith(".journal") and len((partials / name).read_bytes().splitlines()) >= 2
+               for name in os.listdir(partials))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"dest_format": "docker-archive", "all_platforms": True}, "docker-archive holds one platform"),
+    ({"max_connections": 0}, "between 1 and 64"),
+    ({"chunk_size": 1000}, "at least 1MB"),
+    ({"platform": "linux"}, "linux"),
+    ({"region": "eu-west-1"}, "eu-west-1"),
+])
+def test_options_are_checked_before_any_call(tmp_path, params, message):
+    with pytest.raises(Exception) as info:
+        pull.PullOptions.from_params(ref="123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1",
+                                     dest=str(tmp_path / "dest"), **params)
+    assert message in str(info.value)
+
+
+def test_digest_only_reference_is_recorded_under_its_digest(seeded, tmp_path):
+    endpoint, images = seeded
+    ref = f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/team/app@{images['one'].digest}"
+    opts = pull.PullOptions.from_params(ref=ref, dest=str(tmp_path / "dest"))
+    assert run(endpoint, opts)["changed"]
+    tag = images["one"].digest.replace(":", "-")
+    assert layout.OciLayout(str(tmp_path / "dest")).find_tag(tag)["digest"] == images["one"].digest
