@@ -9,6 +9,9 @@ A fault spec is ``KIND[:key=value[,key=value...]]``:
         400 ThrottlingException "Rate exceeded".
     server-error:every=N[,count=C][,ops=...][,rate=P,seed=S]
         the same, answered 500 ServerException.
+    access-denied:every=N[,count=C][,ops=...][,rate=P,seed=S]
+        the same, answered 400 AccessDeniedException, as IAM denies an action
+        (e.g. access-denied:every=1,ops=GetDownloadUrlForLayer).
     drop-blob:after=BYTES[,count=C][,digest=D]
         a blob GET response is cut (connection closed) after BYTES bytes of its
         body; only responses longer than BYTES qualify.  count defaults to 1.
@@ -31,13 +34,14 @@ import random
 import threading
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
-API_FAULTS = ('throttle', 'server-error')
+API_FAULTS = ('throttle', 'server-error', 'access-denied')
 BLOB_FAULTS = ('drop-blob', 'corrupt-blob', 'stall-blob')
 
 # kind -> {parameter: parser name}
 PARAMETERS = {
     'throttle': {'every': 'int', 'rate': 'float', 'count': 'int', 'ops': 'ops', 'seed': 'int'},
     'server-error': {'every': 'int', 'rate': 'float', 'count': 'int', 'ops': 'ops', 'seed': 'int'},
+    'access-denied': {'every': 'int', 'rate': 'float', 'count': 'int', 'ops': 'ops', 'seed': 'int'},
     'drop-blob': {'after': 'bytes', 'count': 'int', 'digest': 'str'},
     'corrupt-blob': {'offset': 'bytes', 'seed': 'int', 'count': 'int', 'digest': 'str'},
     'stall-blob': {'after': 'bytes', 'seconds': 'float', 'count': 'int', 'digest': 'str'},

@@ -294,6 +294,9 @@ class Handler(BaseHTTPRequestHandler):
                 app.stats.fault(fault)
                 if fault == 'throttle':
                     raise ApiError('ThrottlingException', 'Rate exceeded')
+                if fault == 'access-denied':
+                    raise ApiError('AccessDeniedException', f'User: arn:aws:iam::{app.account_id}:user/ecrkit-test is not '
+                                   f'authorized to perform: ecr:{name} because no identity-based policy allows the ecr:{name} action')
                 raise ApiError('ServerException', 'We encountered an internal error. Please try again.', 500)
             if not known:
                 raise ApiError('UnknownOperationException', f"Unknown operation {target or '(no X-Amz-Target header)'}")

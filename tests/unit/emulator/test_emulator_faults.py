@@ -160,3 +160,15 @@ def test_faults_from_the_command_line(tmp_path):
         assert excinfo.value.response['Error']['Code'] == 'ThrottlingException'
         client.describe_repositories()
         assert [fault['spec'] for fault in endpoint.faults()] == ['throttle:every=1,count=1', 'drop-blob:after=10']
+
+
+def test_access_denied_for_one_operation(ecr_endpoint):
+    client = ecr_endpoint.client()
+    ecr_endpoint.set_faults('access-denied:every=1,ops=DescribeImages')
+    client.describe_repositories()
+    with pytest.raises(client.exceptions.ClientError) as excinfo:
+        client.describe_images(repositoryName='nothing')
+    error = excinfo.value.response['Error']
+    assert error['Code'] == 'AccessDeniedException'
+    assert 'not authorized to perform: ecr:DescribeImages' in error['Message']
+    assert ecr_endpoint.stats()['faults_fired'] == {'access-denied': 1}

@@ -179,3 +179,13 @@ def test_tag_and_digest_that_disagree(pushed):
     with pytest.raises(ecr.ImageNotFoundError) as info:
         repository.get_manifest({"imageTag": "1.0", "imageDigest": other}, ACCEPTED)
     assert "tag '1.0' does not point at " + other in str(info.value)
+
+
+def test_access_denied_names_the_permission(pushed):
+    endpoint, digest = pushed[0], pushed[1]
+    repository, dummy = make_repository(endpoint)
+    endpoint.set_faults("access-denied:every=1,ops=GetDownloadUrlForLayer")
+    with pytest.raises(ecr.AccessDeniedError) as info:
+        repository.get_download_url(digest)
+    assert "grant the caller ecr:GetDownloadUrlForLayer" in str(info.value)
+    assert repository.retries == 0
