@@ -18,6 +18,7 @@ To add an error type, subclass :class:`EcrkitError` (or a more specific subclass
 
 from __future__ import annotations
 
+import errno
 import re
 
 REDACTED = "<redacted>"
@@ -183,3 +184,44 @@ class InvalidReferenceError(EcrkitError):
     def __init__(self, message: str, reference: str | None = None) -> None:
         super().__init__(message)
         self.reference = None if reference is None else redact(reference)
+
+
+class StorageError(EcrkitError):
+    """A local file or directory could not be written or read; ``path`` names it."""
+
+    code = "storage_error"
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DiskFullError(StorageError):
+    """No space (or quota) left on the device being written."""
+
+    code = "disk_full"
+
+
+class NotWritableError(StorageError):
+    """Permission denied or a read-only filesystem where something must be written."""
+
+    code = "not_writable"
+
+
+_SPACE_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
+_DENIED_ERRNOS = frozenset((errno.EACCES, errno.EPERM, errno.EROFS))
+
+
+def storage_error(exc: OSError, doing: str, path: str) -> StorageError:
+    """An OSError met while ``doing`` something to ``path``, as one sentence for the operator: what
+    failed where, and what to do. The one translation of file-system errors in the collection."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _SPACE_ERRNOS:
+        return DiskFullError(
+            f"No space left on the device (or quota exhausted) for {path} while {doing}; free space there or "
+            "choose another destination, then run again (completed downloads are kept and resume).", path)
+    if exc.errno in _DENIED_ERRNOS:
+        return NotWritableError(
+            f"Permission denied for {path} while {doing} ({reason}); make it writable by the user the task runs "
+            "as (become, owner, mode, a read-only mount) or choose another destination.", path)
+    return StorageError(f"Failed while {doing} {path}: {reason}; check that the path exists and is usable.", path)

@@ -60,7 +60,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, NotWritableError, storage_error
 
 OCI_LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -92,8 +92,6 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
-_SPACE_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
-_DENIED_ERRNOS = frozenset((errno.EACCES, errno.EPERM, errno.EROFS))
 
 
 class LayoutError(EcrkitError):
@@ -112,18 +110,6 @@ class LayoutSymlinkError(LayoutError):
     """The layout root, or a file of the layout itself, is a symbolic link."""
 
     code = "layout_symlink"
-
-
-class NotWritableError(LayoutError):
-    """Permission denied or a read-only filesystem where something must be written."""
-
-    code = "not_writable"
-
-
-class DiskFullError(LayoutError):
-    """No space (or quota) left on the device being written."""
-
-    code = "disk_full"
 
 
 class LockTimeoutError(LayoutError):
@@ -254,16 +240,11 @@ def find_in_index(index: dict[str, Any], tag: str, where: str) -> dict[str, Any]
     return None
 
 
-def translate_os_error(exc: OSError, doing: str, path: str) -> LayoutError:
+def translate_os_error(exc: OSError, doing: str, path: str) -> EcrkitError:
     """An OSError met while ``doing`` something to ``path``, as the error to raise for the operator."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in _SPACE_ERRNOS:
-        return DiskFullError(f"No space left on the device of {path} while {doing}; free some space and run again.")
-    if exc.errno in _DENIED_ERRNOS:
-        return NotWritableError(f"Cannot write {path} while {doing}: {reason}.")
     if exc.errno == errno.ELOOP:
         return LayoutSymlinkError(f"{path} is a symbolic link, which is refused while {doing}.")
-    return LayoutError(f"Failed while {doing} at {path}: {reason}.")
+    return storage_error(exc, doing, path)
 
 
 def fsync_dir(path: str) -> None:

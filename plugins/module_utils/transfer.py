@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import RetryPolicy
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError, StorageError, storage_error
 
 MIB = 1024 * 1024
 
@@ -130,47 +130,10 @@ class BlobVerificationError(TransferError):
     code = "blob_verification_failed"
 
 
-class StorageError(EcrkitError):
-    """A local file could not be written or read. ``path`` names it."""
-
-    code = "storage_error"
-
-    def __init__(self, message: str, path: str = "") -> None:
-        super().__init__(message)
-        self.path = path
-
-
-class DiskFullError(StorageError):
-    """No space (or quota) left where a download is written."""
-
-    code = "disk_full"
-
-
-class StoragePermissionError(StorageError):
-    """The destination is not writable (or not readable) by the user running the task."""
-
-    code = "storage_permission"
-
-
 class TransferCancelled(EcrkitError):
     """Raised inside tasks of a cancelled :class:`TaskGroup`; it never leaves ``wait()``."""
 
     code = "transfer_cancelled"
-
-
-def _storage_error(exc: OSError, path: str, action: str) -> StorageError:
-    """An OSError from the file system, as an operator-facing error: what failed where, what to do."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(
-            f"No space left on the device (or quota exhausted) while {action} {path}; free space there or "
-            "choose another destination, then run again: finished parts are kept and the download resumes.",
-            path)
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoragePermissionError(
-            f"Permission denied while {action} {path} ({exc.strerror}); make the destination writable by the "
-            "user the task runs as (become, owner, mode, a read-only mount), or choose another destination.",
-            path)
-    return StorageError(f"Failed while {action} {path}: {exc.strerror or exc}.", path)
 
 
 # -- the thread pool --------------------------------------------------------------------------------
@@ -805,7 +768,7 @@ def _pwrite_all(fd: int, view: memoryview, offset: int, path: str) -> None:
         try:
             count = os.pwrite(fd, view, offset)
         except OSError as exc:
-            raise _storage_error(exc, path, "writing") from None
+            raise storage_error(exc, "writing", path) from None
         view = view[count:]
         offset += count
 
@@ -902,7 +865,7 @@ class _BlobDownload:
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
-            raise _storage_error(exc, self.path, "creating") from None
+            raise storage_error(exc, "creating", self.path) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -918,7 +881,7 @@ class _BlobDownload:
             if present != self.size:
                 os.ftruncate(self.fd, self.size)
         except OSError as exc:
-            raise _storage_error(exc, self.path, "sizing") from None
+            raise storage_error(exc, "sizing", self.path) from None
         self._open_journal(append=bool(covered))
         self._plan(covered)
 
@@ -932,7 +895,7 @@ class _BlobDownload:
             if not append:
                 os.write(self.journal_fd, f"{_JOURNAL_MAGIC} {self.digest} {self.size}\n".encode("ascii"))
         except OSError as exc:
-            raise _storage_error(exc, self.journal, "writing") from None
+            raise storage_error(exc, "writing", self.journal) from None
 
     def _plan(self, covered: list[tuple[int, int]]) -> None:
         """Ranges over the whole blob: the covered intervals (done) and the missing bytes, in chunks;
@@ -991,7 +954,7 @@ class _BlobDownload:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise _storage_error(exc, path, "removing") from None
+                raise storage_error(exc, "removing", path) from None
 
     def _journal_range(self, rng: _Range) -> None:
         """Record the written part of a range (called with the lock held, after its bytes were written)."""
@@ -1001,7 +964,7 @@ class _BlobDownload:
         try:
             os.write(self.journal_fd, line)
         except OSError as exc:
-            raise _storage_error(exc, self.journal, "writing") from None
+            raise storage_error(exc, "writing", self.journal) from None
         rng.journaled = rng.written
 
     # -- scheduling --------------------------------------------------------------------------------
@@ -1079,7 +1042,7 @@ class _BlobDownload:
         try:
             on_disk = os.fstat(self.fd).st_size
         except OSError as exc:
-            raise _storage_error(exc, self.path, "checking") from None
+            raise storage_error(exc, "checking", self.path) from None
         actual = "sha256:" + self.hasher.hexdigest()
         if on_disk != self.size:
             self.mismatch = f"expected {self.size} bytes, the file has {on_disk}"
@@ -1096,7 +1059,7 @@ class _BlobDownload:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise _storage_error(exc, self.journal, "removing") from None
+            raise storage_error(exc, "removing", self.journal) from None
         self.close()
         with self.lock:
             self.result = DownloadResult(
@@ -1136,7 +1099,7 @@ class _BlobDownload:
                     try:
                         count = _pread_into(self.fd, view[:min(len(view), end - pos)], pos)
                     except OSError as exc:
-                        raise _storage_error(exc, self.path, "reading back") from None
+                        raise storage_error(exc, "reading back", self.path) from None
                     if count <= 0:
                         raise StorageError(f"{self.path} ended at byte {pos} while blob {self.digest} was "
                                            "being checked; something else truncated it.", self.path)
@@ -1468,7 +1431,7 @@ def iter_parts(path: str, parts: Sequence[tuple[int, int]]) -> Iterator[tuple[in
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise _storage_error(exc, path, "opening") from None
+        raise storage_error(exc, "opening", path) from None
     try:
         for first, last in parts:
             length = last - first + 1
@@ -1478,7 +1441,7 @@ def iter_parts(path: str, parts: Sequence[tuple[int, int]]) -> Iterator[tuple[in
                 try:
                     data = os.pread(fd, length - got, first + got)
                 except OSError as exc:
-                    raise _storage_error(exc, path, "reading") from None
+                    raise storage_error(exc, "reading", path) from None
                 if not data:
                     raise StorageError(f"{path} ended at byte {first + got}, before the end of part {first}-{last}; "
                                        "the file changed while it was being uploaded.", path)

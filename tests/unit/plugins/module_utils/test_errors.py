@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ansible_collections.ecrkit.images.plugins.module_utils import errors
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import (
     REDACTED,
     EcrkitError,
@@ -207,3 +210,17 @@ def test_errors_pickle():
     error = pickle.loads(pickle.dumps(InvalidReferenceError("Invalid image reference \"x\": bad.")))
     assert isinstance(error, InvalidReferenceError)
     assert str(error) == "Invalid image reference \"x\": bad."
+
+
+@pytest.mark.parametrize("code, kind, words", [
+    (errno.ENOSPC, errors.DiskFullError, "No space left"),
+    (errno.EDQUOT, errors.DiskFullError, "quota"),
+    (errno.EACCES, errors.NotWritableError, "Permission denied"),
+    (errno.EROFS, errors.NotWritableError, "read-only"),
+    (errno.EIO, errors.StorageError, "Failed while writing"),
+])
+def test_storage_errors_say_where_and_what_to_do(code, kind, words):
+    error = errors.storage_error(OSError(code, os.strerror(code)), "writing", "/data/blobs/x.partial")
+    assert type(error) is kind  # pylint: disable=unidiomatic-typecheck
+    assert "/data/blobs/x.partial" in str(error) and words in str(error)
+    assert error.path == "/data/blobs/x.partial"
