@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ansible_collections.ecrkit.images.plugins.module_utils import ecr, layout, pull
-from ansible_collections.ecrkit.images.plugins.module_utils.manifest import PlatformNotFoundError
+from ansible_collections.ecrkit.images.plugins.module_utils.manifest import ManifestError, PlatformNotFoundError
 
 EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
 if EMULATOR_DIR not in sys.path:
@@ -24,7 +24,7 @@ if EMULATOR_DIR not in sys.path:
 
 # pylint: disable=wrong-import-position,unused-import,redefined-outer-name
 import sample_images  # noqa: E402
-from fixture import ecr_endpoint  # noqa: E402,F401
+from fixture import ecr_endpoint, upload_blob  # noqa: E402,F401
 
 MIB = 1024 * 1024
 
@@ -207,3 +207,25 @@ def test_digest_only_reference_is_recorded_under_its_digest(seeded, tmp_path):
     assert run(endpoint, opts)["changed"]
     tag = images["one"].digest.replace(":", "-")
     assert layout.OciLayout(str(tmp_path / "dest")).find_tag(tag)["digest"] == images["one"].digest
+
+
+def test_foreign_layers_are_refused_before_any_download(ecr_endpoint, tmp_path):
+    client = ecr_endpoint.client()
+    client.create_repository(repositoryName="team/app")
+    config = json.dumps({"architecture": "amd64", "os": "windows", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = upload_blob(client, "team/app", config)
+    document = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config_digest,
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                    "digest": "sha256:" + "a" * 64, "size": 1024, "urls": ["https://example.invalid/layer"]}],
+    }
+    client.put_image(repositoryName="team/app", imageTag="windows", imageManifest=json.dumps(document))
+    ecr_endpoint.reset_stats()
+    with pytest.raises(ManifestError) as info:
+        run(ecr_endpoint, options(ecr_endpoint, "windows", tmp_path / "dest"))
+    assert "foreign" in str(info.value).lower()
+    assert ecr_endpoint.stats()["api_calls"] == {"BatchGetImage": 1}
+    assert not (tmp_path / "dest").exists()
