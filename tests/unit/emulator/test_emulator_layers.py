@@ -1,4 +1,4 @@
-# Copyright: (c) 2025, ecrkit contributors
+# Copyright: Contributors to the ecrkit.images project
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Layer uploads, layer availability and download URLs."""
 
