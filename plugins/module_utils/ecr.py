@@ -18,6 +18,7 @@ the real number of requests.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -278,6 +279,75 @@ class EcrRepository:
                              if layer.get("layerAvailability") == "AVAILABLE")
         return [digest for digest in wanted if digest not in available]
 
+    def image_digests(self, image_ids: Sequence[dict[str, str]], accepted_media_types: Sequence[str]) -> list[str | None]:
+        """One BatchGetImage for several ids: the digest each points at in ECR, None when it does not exist."""
+        if not image_ids:
+            return []
+        answer = self.call("batch_get_image", **self._params(
+            imageIds=list(image_ids), acceptedMediaTypes=list(accepted_media_types)))
+        found: dict[tuple[str, str], str] = {}
+        for image in answer.get("images") or []:
+            image_id = image.get("imageId") or {}
+            digest = str(image_id.get("imageDigest") or "")
+            if image_id.get("imageTag"):
+                found[("imageTag", str(image_id["imageTag"]))] = digest
+            found[("imageDigest", digest)] = digest
+        for failure in answer.get("failures") or []:
+            if failure.get("failureCode") not in ("ImageNotFound", None):
+                raise EcrApiError(f"ECR could not look up the image {_describe_image_id(failure.get('imageId') or {})} in "
+                                  f"{self._where}: {failure.get('failureCode')}: {failure.get('failureReason')}.")
+        out: list[str | None] = []
+        for image_id in image_ids:
+            key = ("imageTag", image_id["imageTag"]) if "imageTag" in image_id else ("imageDigest", image_id.get("imageDigest", ""))
+            out.append(found.get(key))
+        return out
+
+    def tag_mutability(self) -> str:
+        """The repository's imageTagMutability (MUTABLE, IMMUTABLE, or a WITH_EXCLUSION variant)."""
+        answer = self.call("describe_repositories", registryId=self.ref.registry_id, repositoryNames=[self.ref.repository])
+        repositories = answer.get("repositories") or [{}]
+        return str(repositories[0].get("imageTagMutability") or "MUTABLE")
+
+    def initiate_layer_upload(self) -> tuple[str, int]:
+        """InitiateLayerUpload: ``(uploadId, partSize)``."""
+        answer = self.call("initiate_layer_upload", **self._params())
+        return str(answer["uploadId"]), int(answer["partSize"])
+
+    def upload_layer_part(self, upload_id: str, first: int, last: int, data: bytes) -> None:
+        """UploadLayerPart of the bytes ``first``..``last`` (inclusive)."""
+        self.call("upload_layer_part", **self._params(uploadId=upload_id, partFirstByte=first, partLastByte=last,
+                                                      layerPartBlob=data))
+
+    def complete_layer_upload(self, upload_id: str, digest: str) -> bool:
+        """CompleteLayerUpload; True when the layer was stored, False when ECR already had it
+        (``LayerAlreadyExistsException``: ECR hashed the parts to ``digest``, so the bytes match)."""
+        try:
+            self.call("complete_layer_upload", **self._params(uploadId=upload_id, layerDigests=[digest]))
+        except EcrApiError as exc:
+            if exc.aws_code == "LayerAlreadyExistsException":
+                return False
+            if exc.aws_code == "InvalidLayerException":
+                raise EcrApiError(f"ECR refused the layer {digest} in {self._where}: the uploaded bytes do not hash to it "
+                                  "(the source changed during the upload?).", exc.aws_code) from None
+            raise
+        return True
+
+    def put_image(self, manifest: bytes, media_type: str, tag: str | None = None, digest: str | None = None) -> bool:
+        """PutImage of the exact manifest bytes; False when ECR already had it under that tag
+        (``ImageAlreadyExistsException``), True when it stored or moved something."""
+        params = self._params(imageManifest=manifest.decode("utf-8"), imageManifestMediaType=media_type)
+        if tag:
+            params["imageTag"] = tag
+        if digest:
+            params["imageDigest"] = digest
+        try:
+            self.call("put_image", **params)
+        except EcrApiError as exc:
+            if exc.aws_code == "ImageAlreadyExistsException":
+                return False
+            raise
+        return True
+
 
 def _api_name(operation: str) -> str:
     """``batch_get_image`` -> ``BatchGetImage`` (as IAM actions and the API reference spell it)."""
@@ -306,3 +376,11 @@ def blob_tls_verify(params: dict[str, Any]) -> bool | str:
     if params.get("validate_certs", True) is False:
         return False
     return params.get("aws_ca_bundle") or True
+
+
+def explicit_region(region: str | None) -> str | None:
+    """The region option as the user set it. amazon.aws fills it from AWS_REGION/AWS_DEFAULT_REGION
+    when absent; a host-wide default must not contradict the region a reference names."""
+    if region and region in (os.environ.get("AWS_REGION"), os.environ.get("AWS_DEFAULT_REGION")):
+        return None
+    return region

@@ -204,13 +204,11 @@ retries:
   sample: 0
 """
 
-import os
-
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
-from ansible_collections.ecrkit.images.plugins.module_utils.ecr import blob_tls_verify, connect
+from ansible_collections.ecrkit.images.plugins.module_utils.ecr import blob_tls_verify, connect, explicit_region
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.pull import PullOptions, pull
 
@@ -235,7 +233,7 @@ def main() -> None:
     try:
         options = PullOptions.from_params(
             ref=params["ref"], dest=params["dest"], dest_format=params["format"], platform=params["platform"],
-            all_platforms=params["all_platforms"], policy=params["pull"], region=_explicit_region(params["region"]),
+            all_platforms=params["all_platforms"], policy=params["pull"], region=explicit_region(params["region"]),
             max_connections=params["max_concurrent_downloads"], chunk_size=_bytes(params["chunk_size"]),
             ranged=params["ranged_downloads"], tls_verify=blob_tls_verify(params), check_mode=module.check_mode)
         result = pull(options, lambda ref: connect(module, ref))
@@ -244,14 +242,6 @@ def main() -> None:
     if not module._diff:  # pylint: disable=protected-access
         result.pop("diff", None)
     module.exit_json(**result)
-
-
-def _explicit_region(region: str | None) -> str | None:
-    """The region option as the user set it. amazon.aws fills it from AWS_REGION/AWS_DEFAULT_REGION
-    when absent; a host-wide default must not contradict the region a reference names."""
-    if region and region in (os.environ.get("AWS_REGION"), os.environ.get("AWS_DEFAULT_REGION")):
-        return None
-    return region
 
 
 def _bytes(size: str) -> int:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -189,3 +190,49 @@ def test_access_denied_names_the_permission(pushed):
         repository.get_download_url(digest)
     assert "grant the caller ecr:GetDownloadUrlForLayer" in str(info.value)
     assert repository.retries == 0
+
+
+def test_image_digests_one_call_for_several_ids(pushed):
+    endpoint, digest, dummy = pushed
+    repository, dummy = make_repository(endpoint)
+    endpoint.reset_stats()
+    found = repository.image_digests([{"imageTag": "1.0"}, {"imageTag": "nope"}, {"imageDigest": digest}], ACCEPTED)
+    assert found == [digest, None, digest]
+    assert endpoint.api_calls("BatchGetImage") == 1
+
+
+def test_layer_upload_and_put_image(ecr_endpoint):  # pylint: disable=redefined-outer-name
+    ecr_endpoint.client().create_repository(repositoryName="team/app", imageTagMutability="IMMUTABLE")
+    repository, dummy = make_repository(ecr_endpoint)
+    assert repository.tag_mutability() == "IMMUTABLE"
+    blobs = {}
+    for data in (b"{}", b"x" * 1000):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        upload_id, part_size = repository.initiate_layer_upload()
+        assert 5 * 1024 * 1024 <= part_size <= 20 * 1024 * 1024
+        repository.upload_layer_part(upload_id, 0, len(data) - 1, data)
+        assert repository.complete_layer_upload(upload_id, digest) is True
+        blobs[digest] = len(data)
+    # the same bytes again: LayerAlreadyExistsException counts as present
+    upload_id, dummy = repository.initiate_layer_upload()
+    repository.upload_layer_part(upload_id, 0, 999, b"x" * 1000)
+    assert repository.complete_layer_upload(upload_id, list(blobs)[1]) is False
+    # bytes that do not hash to the digest
+    upload_id, dummy = repository.initiate_layer_upload()
+    repository.upload_layer_part(upload_id, 0, 2, b"abc")
+    with pytest.raises(ecr.EcrApiError, match="do not hash"):
+        repository.complete_layer_upload(upload_id, list(blobs)[1])
+
+    config, layer = list(blobs)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 1000}]})
+    raw = manifest.encode("utf-8")
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert repository.put_image(raw, OCI_MANIFEST, digest=digest) is True
+    assert repository.put_image(raw, OCI_MANIFEST, digest=digest) is False  # ImageAlreadyExistsException
+    assert repository.put_image(raw, OCI_MANIFEST, tag="1.0", digest=digest) is True
+    with pytest.raises(ecr.EcrApiError) as caught:  # immutable: even the same manifest is refused under a set tag
+        repository.put_image(raw, OCI_MANIFEST, tag="1.0", digest=digest)
+    assert caught.value.aws_code == "ImageTagAlreadyExistsException"
+    assert repository.image_digests([{"imageTag": "1.0"}], ACCEPTED) == [digest]

@@ -1,0 +1,227 @@
+#!/usr/bin/python
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ecr_image_push
+short_description: Push a container image from an OCI layout or an image archive to Amazon ECR
+version_added: 0.1.0
+description:
+  - Reads an image (a single-platform manifest or a multi-platform index) from an OCI image layout, an
+    OCI archive or a docker-archive, and puts it into an Amazon ECR private repository under one or more
+    tags, through the ECR API only.
+  - The source is validated whole before anything is sent; every manifest must parse and every blob it
+    references must be present, of the right size and hash to its digest. A broken source fails the task
+    and nothing is uploaded.
+  - One C(BatchGetImage) learns what each tag points at; when every tag already points at the image, the
+    task reports RV(ignore:changed=false) and that single call is all it costs.
+  - Otherwise C(BatchCheckLayerAvailability) tells which configs and layers ECR lacks, and only those are
+    uploaded (several layers at once, each in the parts ECR asks for, streamed from the source). Child
+    manifests of an index are put untagged first, then the image under each tag, with the exact bytes of
+    the source, so the digest in ECR is the source's digest.
+  - No Docker daemon, no registry login and no container tooling are needed on the managed host, only
+    the AWS credentials it already has.
+author:
+  - ecrkit.images contributors (!UNKNOWN)
+options:
+  ref:
+    description:
+      - Where to push, in the registry URI form C(ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME:TAG) (also
+        C(.amazonaws.com.cn), C(dkr.ecr-fips.) and C(ACCOUNT.dkr-ecr.REGION.on.aws) hosts) or the ARN form
+        C(ecr.aws/arn:aws:ecr:REGION:ACCOUNT:repository/NAME:TAG).
+      - The reference must name a tag, or a digest only for an untagged push (the digest must be the
+        source image's).
+    type: str
+    required: true
+  tags:
+    description:
+      - More tags to put on the same image.
+    type: list
+    elements: str
+    default: []
+  src:
+    description:
+      - The image to push. With O(src_format=oci), an OCI image layout directory; otherwise an archive file.
+    type: path
+    required: true
+  src_format:
+    description:
+      - V(oci) is an OCI image layout directory.
+      - V(oci-archive) is a tar of an OCI image layout.
+      - V(docker-archive) is what C(docker save) writes. When the archive carries the image's manifest
+        (Docker 25 and later, and the pull module), that exact manifest is pushed; otherwise a Docker
+        schema 2 manifest is built from its C(manifest.json), reproducibly, with the layers as stored.
+    type: str
+    choices: [oci, oci-archive, docker-archive]
+    default: oci
+  src_tag:
+    description:
+      - Which image of the source to push, when it holds several; the C(org.opencontainers.image.ref.name)
+        of an OCI layout or archive, or a C(RepoTags) entry (or its tag part) of a docker-archive.
+      - Optional when the source holds exactly one image.
+    type: str
+  create_repository:
+    description:
+      - Create the repository when it does not exist. Without it a missing repository fails the task.
+    type: bool
+    default: false
+  image_tag_mutability:
+    description:
+      - The tag mutability of a repository this task creates. Ignored for an existing repository.
+    type: str
+    choices: [MUTABLE, IMMUTABLE]
+  max_concurrent_uploads:
+    description:
+      - How many layers upload at once (each layer goes part after part, in order).
+    type: int
+    default: 4
+extends_documentation_fragment:
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+notes:
+  - The IAM permissions needed are C(ecr:BatchGetImage), C(ecr:BatchCheckLayerAvailability),
+    C(ecr:InitiateLayerUpload), C(ecr:UploadLayerPart), C(ecr:CompleteLayerUpload) and C(ecr:PutImage) on
+    the repository, C(ecr:DescribeRepositories) when a tag would move, and C(ecr:CreateRepository) with
+    O(create_repository).
+  - In a repository with immutable tags, a tag that already points at another image fails the task before
+    anything is uploaded; a tag that already points at this image is left as it is.
+  - The O(region) option, when given, must match the region in the reference.
+  - Supports check mode (the task reports what would be uploaded and which tags would move) and diff mode
+    (each tag's digest before and after).
+"""
+
+EXAMPLES = r"""
+- name: Publish the build
+  ecrkit.images.ecr_image_push:
+    src: /build/out/app
+    src_tag: 1.4.2
+    ref: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2
+    tags: [latest, stable]
+  register: pushed
+
+- name: Push what docker save wrote, creating the repository with immutable tags
+  ecrkit.images.ecr_image_push:
+    src: /tmp/app.tar
+    src_format: docker-archive
+    ref: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2
+    create_repository: true
+    image_tag_mutability: IMMUTABLE
+"""
+
+RETURN = r"""
+ref:
+  description: The destination reference, normalised to the registry URI form.
+  returned: always
+  type: str
+  sample: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2
+digest:
+  description: The pushed image manifest or index.
+  returned: always
+  type: str
+  sample: sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270
+media_type:
+  description: The media type of RV(digest).
+  returned: always
+  type: str
+  sample: application/vnd.oci.image.manifest.v1+json
+tags:
+  description: Each tag pushed, with the digest it pointed at before (null when it did not exist).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    tag:
+      description: The tag.
+      type: str
+    previous_digest:
+      description: What the tag pointed at before the push, or null.
+      type: str
+    changed:
+      description: Whether the tag moved (or was created).
+      type: bool
+layers:
+  description: Every config and layer of the image and what happened to it.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    digest:
+      description: The blob's digest.
+      type: str
+    size:
+      description: Its size in bytes.
+      type: int
+    media_type:
+      description: Its media type.
+      type: str
+    action:
+      description: V(uploaded), or V(present) when ECR already had it. In check mode, V(upload) or V(present).
+      type: str
+bytes_transferred:
+  description: Bytes of layers and configs uploaded by this run (0 when nothing changed).
+  returned: always
+  type: int
+  sample: 52428800
+elapsed:
+  description: Seconds the push took.
+  returned: always
+  type: float
+  sample: 3.21
+repository_created:
+  description: Whether the repository was created (would be, in check mode).
+  returned: always
+  type: bool
+api_calls:
+  description: ECR API calls this run made, retries included.
+  returned: always
+  type: int
+  sample: 1
+retries:
+  description: ECR API calls that were retries after throttling or transient errors.
+  returned: always
+  type: int
+  sample: 0
+"""
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+from ansible_collections.ecrkit.images.plugins.module_utils.ecr import connect, explicit_region
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.push import PushOptions, push
+
+
+def main() -> None:
+    module = AnsibleAWSModule(
+        argument_spec=dict(
+            ref=dict(type="str", required=True),
+            tags=dict(type="list", elements="str", default=[]),
+            src=dict(type="path", required=True),
+            src_format=dict(type="str", default="oci", choices=["oci", "oci-archive", "docker-archive"]),
+            src_tag=dict(type="str"),
+            create_repository=dict(type="bool", default=False),
+            image_tag_mutability=dict(type="str", choices=["MUTABLE", "IMMUTABLE"]),
+            max_concurrent_uploads=dict(type="int", default=4),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        options = PushOptions.from_params(
+            ref=params["ref"], src=params["src"], src_format=params["src_format"], src_tag=params["src_tag"],
+            tags=params["tags"], create_repository=params["create_repository"],
+            image_tag_mutability=params["image_tag_mutability"], region=explicit_region(params["region"]),
+            max_concurrent_uploads=params["max_concurrent_uploads"], check_mode=module.check_mode)
+        result = push(options, lambda ref: connect(module, ref))
+    except EcrkitError as exc:
+        module.fail_json(msg=str(exc), error_code=exc.code)
+    if not module._diff:  # pylint: disable=protected-access
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

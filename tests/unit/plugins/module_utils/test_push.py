@@ -1,0 +1,311 @@
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The push use case end to end against the local ECR endpoint (module_utils only, no Ansible)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, ecr, layout, manifest, pull, push
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidReferenceError
+
+EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
+if EMULATOR_DIR not in sys.path:
+    sys.path.insert(0, EMULATOR_DIR)
+
+# pylint: disable=wrong-import-position,unused-import,redefined-outer-name
+import sample_images  # noqa: E402
+from fixture import ecr_endpoint  # noqa: E402,F401
+
+MIB = 1024 * 1024
+
+
+def ref_for(endpoint, tag="1.0", repository="team/app"):
+    suffix = f":{tag}" if not tag.startswith("@") else tag
+    return f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/{repository}{suffix}"
+
+
+def run(endpoint, src, tag="1.0", **kwargs):
+    kwargs.setdefault("create_repository", True)
+    kwargs.setdefault("max_concurrent_uploads", 3)
+    options = push.PushOptions.from_params(ref=ref_for(endpoint, tag, kwargs.pop("repository", "team/app")), src=str(src), **kwargs)
+    return push.push(options, lambda ref: ecr.EcrRepository(endpoint.client(), ref, ecr.RetryPolicy(attempts=2)))
+
+
+def ecr_tag(endpoint, tag, repository="team/app"):
+    answer = endpoint.client().batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}],
+                                               acceptedMediaTypes=list(manifest.ACCEPTED_MANIFEST_TYPES))
+    images = answer["images"]
+    return (images[0]["imageId"]["imageDigest"], images[0]["imageManifest"].encode("utf-8")) if images else (None, None)
+
+
+@pytest.fixture
+def built(tmp_path):
+    source = str(tmp_path / "src")
+    return source, sample_images.build_random_image(source, "1.0", count=3, size=6 * MIB + 123, seed="p")
+
+
+def test_push_then_nothing_to_do(ecr_endpoint, built):
+    source, image = built
+    first = run(ecr_endpoint, source, tags=["latest", "stable"])
+    assert first["changed"] and first["repository_created"]
+    assert first["digest"] == image.digest and first["media_type"] == image.media_type
+    assert {layer["action"] for layer in first["layers"]} == {"uploaded"}
+    assert first["bytes_transferred"] == sum(layer["size"] for layer in first["layers"])
+    assert [(tag["tag"], tag["previous_digest"]) for tag in first["tags"]] == [("1.0", None), ("latest", None), ("stable", None)]
+    for tag in ("1.0", "latest", "stable"):
+        assert ecr_tag(ecr_endpoint, tag) == (image.digest, image.manifest_bytes)
+    # 6 MiB layers with ECR's 20 MiB parts go in one part each; the config is small
+    assert ecr_endpoint.api_calls("UploadLayerPart") == len(first["layers"])
+
+    ecr_endpoint.reset_stats()
+    again = run(ecr_endpoint, source, tags=["latest", "stable"])
+    assert not again["changed"] and again["bytes_transferred"] == 0 and not again["repository_created"]
+    assert {layer["action"] for layer in again["layers"]} == {"present"}
+    assert again["api_calls"] == 1 and ecr_endpoint.stats()["api_calls_total"] == 1
+    assert ecr_endpoint.api_calls("BatchGetImage") == 1
+    assert again["diff"]["before"] == again["diff"]["after"] == {"1.0": image.digest, "latest": image.digest, "stable": image.digest}
+
+
+def test_planner_uploads_only_missing_blobs(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    one = sample_images.build_random_image(source, "one", count=2, size=2 * MIB, seed="s")
+    two = sample_images.build_random_image(source, "two", count=3, size=2 * MIB, seed="s")  # shares 2 layers with one
+    run(ecr_endpoint, source, tag="one", src_tag="one")
+    ecr_endpoint.reset_stats()
+    result = run(ecr_endpoint, source, tag="two", src_tag="two")
+    shared = {layer.digest for layer in one.layers}
+    actions = {layer["digest"]: layer["action"] for layer in result["layers"]}
+    assert {digest for digest, action in actions.items() if action == "present"} == shared
+    uploaded = [layer for layer in result["layers"] if layer["action"] == "uploaded"]
+    assert {layer["digest"] for layer in uploaded} == {two.config_digest} | {layer.digest for layer in two.layers} - shared
+    assert result["bytes_transferred"] == sum(layer["size"] for layer in uploaded)
+    assert ecr_endpoint.api_calls("InitiateLayerUpload") == len(uploaded)
+    assert ecr_endpoint.api_calls("BatchCheckLayerAvailability") == 1
+    assert ecr_endpoint.api_calls("PutImage") == 1
+
+
+def test_large_layer_goes_in_ordered_parts(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    sample_images.build_random_image(source, "big", count=1, size=45 * MIB, seed="big")
+    result = run(ecr_endpoint, source, tag="big")
+    assert result["changed"]
+    assert ecr_endpoint.api_calls("UploadLayerPart") == 3 + 1  # 45 MiB in 20 MiB parts, and the config
+
+
+def test_check_mode_reports_without_uploading(ecr_endpoint, built):
+    source, image = built
+    result = run(ecr_endpoint, source, tags=["latest"], check_mode=True)
+    assert result["changed"] and result["repository_created"] and result["bytes_transferred"] == 0
+    assert {layer["action"] for layer in result["layers"]} == {"upload"}
+    assert result["diff"] == {"before": {"1.0": None, "latest": None}, "after": {"1.0": image.digest, "latest": image.digest}}
+    stats = ecr_endpoint.stats()["api_calls"]
+    assert not set(stats) & {"CreateRepository", "InitiateLayerUpload", "UploadLayerPart", "PutImage"}
+    assert ecr_endpoint.client().describe_repositories()["repositories"] == []
+
+
+def test_missing_repository_without_create_repository(ecr_endpoint, built):
+    source, dummy = built
+    with pytest.raises(ecr.RepositoryNotFoundError) as caught:
+        run(ecr_endpoint, source, create_repository=False)
+    assert "'team/app'" in str(caught.value) and "create_repository" in str(caught.value)
+    assert ecr_endpoint.api_calls("InitiateLayerUpload") == 0
+
+
+def test_create_repository_with_immutable_tags_then_refuse_moving_tag(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    first = sample_images.build_random_image(source, "a", count=1, size=MIB, seed="a")
+    second = sample_images.build_random_image(source, "b", count=1, size=MIB, seed="b")
+    result = run(ecr_endpoint, source, src_tag="a", image_tag_mutability="IMMUTABLE")
+    assert result["repository_created"]
+    repository = ecr_endpoint.client().describe_repositories()["repositories"][0]
+    assert repository["imageTagMutability"] == "IMMUTABLE"
+    # the same image again: unchanged, not an error (ECR itself would refuse the PutImage)
+    assert not run(ecr_endpoint, source, src_tag="a")["changed"]
+    ecr_endpoint.reset_stats()
+    with pytest.raises(push.ImmutableTagError) as caught:
+        run(ecr_endpoint, source, src_tag="b")
+    message = str(caught.value)
+    assert "'1.0'" in message and first.digest in message and second.digest in message
+    assert ecr_endpoint.api_calls("InitiateLayerUpload") == 0 and ecr_endpoint.api_calls("PutImage") == 0
+
+
+def test_moving_a_mutable_tag_reports_previous_digest(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    first = sample_images.build_random_image(source, "a", count=1, size=MIB, seed="a")
+    second = sample_images.build_random_image(source, "b", count=1, size=MIB, seed="b")
+    run(ecr_endpoint, source, src_tag="a", tags=["latest"])
+    result = run(ecr_endpoint, source, src_tag="b", tags=["latest"])
+    assert result["changed"]
+    assert result["tags"] == [{"tag": "1.0", "previous_digest": first.digest, "changed": True},
+                              {"tag": "latest", "previous_digest": first.digest, "changed": True}]
+    assert ecr_tag(ecr_endpoint, "latest")[0] == second.digest
+
+
+def test_multi_platform_index(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    image = sample_images.build_demo_image(source, "multi", platforms=["linux/amd64", "linux/arm64/v8"])
+    result = run(ecr_endpoint, source, tag="multi")
+    assert result["digest"] == image.digest and result["media_type"] == manifest.MEDIA_TYPE_OCI_INDEX
+    assert ecr_tag(ecr_endpoint, "multi") == (image.digest, image.manifest_bytes)
+    assert ecr_endpoint.api_calls("PutImage") == 3  # two children by digest, then the index under its tag
+    for child in image.manifests:
+        answer = ecr_endpoint.client().batch_get_image(repositoryName="team/app", imageIds=[{"imageDigest": child.digest}],
+                                                       acceptedMediaTypes=list(manifest.ACCEPTED_MANIFEST_TYPES))
+        assert answer["images"][0]["imageManifest"].encode("utf-8") == child.manifest_bytes
+    ecr_endpoint.reset_stats()
+    assert not run(ecr_endpoint, source, tag="multi")["changed"]
+    assert ecr_endpoint.stats()["api_calls_total"] == 1
+
+
+def test_untagged_push_by_digest(ecr_endpoint, built):
+    source, image = built
+    result = run(ecr_endpoint, source, tag="@" + image.digest)
+    assert result["changed"] and result["tags"] == []
+    answer = ecr_endpoint.client().describe_images(repositoryName="team/app")["imageDetails"]
+    assert [detail["imageDigest"] for detail in answer] == [image.digest] and not answer[0].get("imageTags")
+    assert not run(ecr_endpoint, source, tag="@" + image.digest)["changed"]
+
+
+def test_reference_digest_must_match_source(ecr_endpoint, built):
+    source, dummy = built
+    with pytest.raises(push.SourceError):
+        run(ecr_endpoint, source, tag="@sha256:" + "0" * 64)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove"])
+def test_broken_source_is_refused_before_any_call(ecr_endpoint, built, damage):
+    source, image = built
+    path = image.blob_path(image.layers[1].digest)
+    if damage == "truncate":
+        with open(path, "r+b") as handle:
+            handle.truncate(100)
+    elif damage == "flip":
+        with open(path, "r+b") as handle:
+            handle.seek(5000)
+            byte = handle.read(1)
+            handle.seek(5000)
+            handle.write(bytes([byte[0] ^ 1]))
+    else:
+        os.unlink(path)
+    with pytest.raises(push.SourceError) as caught:
+        run(ecr_endpoint, source)
+    assert image.layers[1].digest in str(caught.value)
+    assert ecr_endpoint.stats()["api_calls_total"] == 0
+
+
+def test_ambiguous_source_needs_src_tag(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    sample_images.build_random_image(source, "a", count=1, size=1000, seed="a")
+    sample_images.build_random_image(source, "b", count=1, size=1000, seed="b")
+    with pytest.raises(push.SourceError, match="src_tag"):
+        run(ecr_endpoint, source)
+    with pytest.raises(push.SourceError, match="'c'"):
+        run(ecr_endpoint, source, src_tag="c")
+
+
+def test_options_are_checked():
+    good = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app"
+    with pytest.raises(InvalidReferenceError):
+        push.PushOptions.from_params(ref=good, src="/x")  # neither tag nor digest
+    with pytest.raises(push.PushOptionError):
+        push.PushOptions.from_params(ref=good + ":1", src="/x", tags=["bad tag"])
+    with pytest.raises(push.PushOptionError):
+        push.PushOptions.from_params(ref=good + ":1", src="/x", max_concurrent_uploads=0)
+    with pytest.raises(push.PushOptionError):
+        push.PushOptions.from_params(ref=good + ":1", src="/x", src_format="tar")
+    options = push.PushOptions.from_params(ref=good + ":1", src="/x", tags=["latest", "1"])
+    assert options.all_tags == ["1", "latest"]
+
+
+def test_oci_archive_source(ecr_endpoint, built, tmp_path):
+    source, image = built
+    path = str(tmp_path / "image.tar")
+    archive.write_oci_archive(layout.OciLayout(source), "1.0", path)
+    result = run(ecr_endpoint, path, src_format="oci-archive")
+    assert result["digest"] == image.digest and result["changed"]
+    assert ecr_tag(ecr_endpoint, "1.0") == (image.digest, image.manifest_bytes)
+
+
+def _classic_docker_archive(path, image, gzip_layers):
+    """A docker-archive as ``docker save`` wrote it before Docker 25: manifest.json, config, layer files."""
+    platform = image.manifests[0]
+    with tarfile.open(path, "w") as tar:
+        def add(name, data):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        add("config.json", platform.config_bytes)
+        names = []
+        for number, layer in enumerate(platform.layers):
+            data = image.read_blob(layer.digest)
+            if not gzip_layers:
+                data = gzip.decompress(data)
+            name = f"layer{number}/layer.tar"
+            add(name, data)
+            names.append(name)
+        add("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": ["app:1.0"], "Layers": names}]).encode())
+
+
+@pytest.mark.parametrize("gzip_layers", [True, False])
+def test_docker_archive_manifest_is_reproducible(ecr_endpoint, built, tmp_path, gzip_layers):
+    dummy, image = built
+    path = str(tmp_path / "docker.tar")
+    _classic_docker_archive(path, image, gzip_layers)
+    first = run(ecr_endpoint, path, src_format="docker-archive")
+    assert first["media_type"] == manifest.MEDIA_TYPE_DOCKER_MANIFEST
+    layer_type = manifest.MEDIA_TYPE_DOCKER_LAYER_GZIP if gzip_layers else manifest.MEDIA_TYPE_DOCKER_LAYER
+    assert [layer["media_type"] for layer in first["layers"]][1:] == [layer_type] * 3
+    digest, raw = ecr_tag(ecr_endpoint, "1.0")
+    assert digest == first["digest"] and manifest.sha256_digest(raw) == digest
+    with archive.open_docker_archive(path) as reader:
+        assert push.docker_manifest(reader, reader.manifest[0])[0] == raw
+    ecr_endpoint.reset_stats()
+    again = run(ecr_endpoint, path, src_format="docker-archive", src_tag="1.0")
+    assert not again["changed"] and again["digest"] == first["digest"] and again["bytes_transferred"] == 0
+    assert ecr_endpoint.stats()["api_calls_total"] == 1
+
+
+def test_docker_archive_with_oci_manifest_pushes_it_exactly(ecr_endpoint, built, tmp_path):
+    source, image = built
+    path = str(tmp_path / "docker.tar")
+    archive.write_docker_archive(layout.OciLayout(source), "1.0", path, ["app:1.0"])
+    result = run(ecr_endpoint, path, src_format="docker-archive")
+    assert result["digest"] == image.digest
+    assert ecr_tag(ecr_endpoint, "1.0") == (image.digest, image.manifest_bytes)
+
+
+def test_round_trip_through_pull(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    image = sample_images.build_demo_image(source, "rt", platforms=["linux/amd64", "linux/arm64/v8"], docker=True)
+    run(ecr_endpoint, source, tag="rt")
+    dest = str(tmp_path / "dest")
+    options = pull.PullOptions.from_params(ref=ref_for(ecr_endpoint, "rt"), dest=dest, all_platforms=True)
+    pulled = pull.pull(options, lambda ref: ecr.EcrRepository(ecr_endpoint.client(), ref))
+    assert pulled["digest"] == image.digest
+    store = layout.OciLayout(dest)
+    assert store.read_blob(image.digest) == image.manifest_bytes
+    for child in image.manifests:
+        assert store.read_blob(child.digest) == child.manifest_bytes
+    for blob in image.blob_descriptors():
+        with open(image.blob_path(blob.digest), "rb") as want, store.open_blob(blob.digest) as got:
+            assert want.read() == got.read()
+
+
+@pytest.mark.skipif(not shutil.which("umoci"), reason="umoci is not installed")
+def test_umoci_layout(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "umoci")
+    subprocess.run(["umoci", "init", "--layout", source], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{source}:1.0"], check=True)
+    result = run(ecr_endpoint, source, src_tag="1.0")
+    assert result["changed"]
+    assert ecr_tag(ecr_endpoint, "1.0")[0] == result["digest"]
