@@ -476,6 +476,7 @@ class TarArchive:
 
     def __init__(self, path: str | os.PathLike, tmpdir: str | None = None) -> None:
         self.path = os.path.abspath(os.fspath(path))
+        self.blob_names: dict[str, str] = {}
         self.compression: str | None = None
         self._fd = -1
         try:
@@ -638,6 +639,46 @@ class TarArchive:
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         self.close()
 
+    # blobs by digest: ``blobs/sha256/<hex>`` members (oci-archive, Docker 25+ docker-archive) or the member
+    # files ``blob_names`` maps digests to (a classic docker-archive, filled in by its reader's user)
+
+    def blob_member(self, digest: str) -> str:
+        """The member name of a blob."""
+        return self.blob_names.get(digest) or "blobs/sha256/" + digest_hex(digest)
+
+    def blob_status(self, digest: str, size: int, verify: bool = False) -> str:
+        """As :meth:`OciLayout.blob_status`."""
+        name = self.blob_member(digest)
+        check_size(size, digest)
+        if not self.has_member(name):
+            return BLOB_MISSING
+        if self.member_size(name) != size:
+            return BLOB_SIZE_MISMATCH
+        if verify and self.hash_member(name) != digest:
+            return BLOB_DIGEST_MISMATCH
+        return BLOB_PRESENT
+
+    def has_blob(self, digest: str, size: int, verify: bool = False) -> bool:
+        """As :meth:`OciLayout.has_blob`."""
+        return self.blob_status(digest, size, verify) == BLOB_PRESENT
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A streaming reader of a blob; BlobNotFoundError when the archive lacks it."""
+        name = self.blob_member(digest)
+        if not self.has_member(name):
+            raise BlobNotFoundError(f"Blob {digest} is not in the archive {self.path}.")
+        return self.open_member(name)
+
+    def read_blob(self, digest: str, max_size: int = MAX_SMALL_BLOB) -> bytes:
+        """The bytes of a small blob, checked against ``digest``."""
+        name = self.blob_member(digest)
+        if not self.has_member(name):
+            raise BlobNotFoundError(f"Blob {digest} is not in the archive {self.path}.")
+        data = self.read_member(name, max_size)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise BlobMismatchError(f"Blob {digest} in the archive {self.path} does not hash to its digest.")
+        return data
+
     def _json_member(self, name: str, max_size: int) -> Any:
         try:
             return json.loads(self.read_member(name, max_size).decode("utf-8"))
@@ -683,44 +724,6 @@ class OciArchive(TarArchive):
     def list_tags(self) -> list[str]:
         """Every ref.name in ``index.json``, in order."""
         return [name for name in (ref_name(entry) for entry in self._index["manifests"]) if name is not None]
-
-    @staticmethod
-    def blob_member(digest: str) -> str:
-        """The member name of a blob: ``blobs/sha256/<hex>``."""
-        return "blobs/sha256/" + digest_hex(digest)
-
-    def blob_status(self, digest: str, size: int, verify: bool = False) -> str:
-        """As :meth:`OciLayout.blob_status`."""
-        name = self.blob_member(digest)
-        check_size(size, digest)
-        if not self.has_member(name):
-            return BLOB_MISSING
-        if self.member_size(name) != size:
-            return BLOB_SIZE_MISMATCH
-        if verify and self.hash_member(name) != digest:
-            return BLOB_DIGEST_MISMATCH
-        return BLOB_PRESENT
-
-    def has_blob(self, digest: str, size: int, verify: bool = False) -> bool:
-        """As :meth:`OciLayout.has_blob`."""
-        return self.blob_status(digest, size, verify) == BLOB_PRESENT
-
-    def open_blob(self, digest: str) -> BinaryIO:
-        """A streaming reader of a blob; BlobNotFoundError when the archive lacks it."""
-        name = self.blob_member(digest)
-        if not self.has_member(name):
-            raise BlobNotFoundError(f"Blob {digest} is not in the archive {self.path}.")
-        return self.open_member(name)
-
-    def read_blob(self, digest: str, max_size: int = MAX_SMALL_BLOB) -> bytes:
-        """The bytes of a small blob, checked against ``digest``."""
-        name = self.blob_member(digest)
-        if not self.has_member(name):
-            raise BlobNotFoundError(f"Blob {digest} is not in the archive {self.path}.")
-        data = self.read_member(name, max_size)
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-            raise BlobMismatchError(f"Blob {digest} in the archive {self.path} does not hash to its digest.")
-        return data
 
 
 class DockerArchive(TarArchive):

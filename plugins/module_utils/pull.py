@@ -309,7 +309,7 @@ class _ArchiveTarget(_LayoutTarget):
     def local_plan(self, digest: str, top: Optional[Document] = None) -> _Plan:
         opener = archive.open_oci_archive if self.options.dest_format == "oci-archive" else archive.open_docker_archive
         with opener(self.options.dest) as reader:
-            return _local_plan(self.options, _ArchiveBlobs(reader), digest, top)
+            return _local_plan(self.options, reader, digest, top)
 
     def finish(self, options: PullOptions, plan: _Plan) -> None:
         store = self.open_for_writing()
@@ -349,23 +349,6 @@ def _image_platform(reader: Any, image: ImageManifest) -> str:
                                                         variant=config.get("variant"))))
     except (EcrkitError, KeyError, TypeError, ValueError):
         return "unknown"
-
-
-class _ArchiveBlobs:
-    """read_blob over the blobs/sha256 members of an archive (both kinds we write are layout-shaped)."""
-
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
-
-    def read_blob(self, digest: str) -> bytes:
-        data = self.reader.read_member(f"blobs/sha256/{digest.split(':', 1)[1]}", manifest.MAX_MANIFEST_SIZE)
-        if manifest.sha256_digest(data) != digest:
-            raise archive.ArchiveFormatError(f"The blob {digest} in {self.reader.path} does not match its digest.")
-        return data
-
-    def has_blob(self, digest: str, size: int) -> bool:
-        name = f"blobs/sha256/{digest.split(':', 1)[1]}"
-        return self.reader.has_member(name) and self.reader.member_size(name) == size
 
 
 def _target(options: PullOptions) -> _LayoutTarget:

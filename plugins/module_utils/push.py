@@ -127,7 +127,7 @@ class _Blobs:
     def status(self, digest: str, size: int) -> str:
         raise NotImplementedError
 
-    def read(self, digest: str) -> bytes:
+    def read_blob(self, digest: str) -> bytes:
         raise NotImplementedError
 
     def parts(self, digest: str, parts: Sequence[Tuple[int, int]]) -> Iterator[Tuple[int, int, bytes]]:
@@ -142,7 +142,7 @@ class _LayoutBlobs(_Blobs):
     def status(self, digest: str, size: int) -> str:
         return self.store.blob_status(digest, size, verify=True)
 
-    def read(self, digest: str) -> bytes:
+    def read_blob(self, digest: str) -> bytes:
         return self.store.read_blob(digest, manifest.MAX_MANIFEST_SIZE)
 
     def parts(self, digest: str, parts: Sequence[Tuple[int, int]]) -> Iterator[Tuple[int, int, bytes]]:
@@ -150,34 +150,20 @@ class _LayoutBlobs(_Blobs):
 
 
 class _ArchiveBlobs(_Blobs):
-    """Blobs that are members of a tar: ``blobs/sha256/<hex>``, or the named files of a docker-archive."""
+    """A tar source (oci-archive, docker-archive): its reader resolves digests to members."""
 
-    def __init__(self, reader: Any, names: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, reader: Any) -> None:
         self.reader = reader
-        self.names = names or {}
         self.name = f"the archive {reader.path}"
 
-    def member(self, digest: str) -> str:
-        return self.names.get(digest) or f"blobs/sha256/{digest.split(':', 1)[-1]}"
-
     def status(self, digest: str, size: int) -> str:
-        name = self.member(digest)
-        if not self.reader.has_member(name):
-            return "missing"
-        if self.reader.member_size(name) != size:
-            return "size_mismatch"
-        if self.reader.hash_member(name) != digest:
-            return "digest_mismatch"
-        return BLOB_PRESENT
+        return self.reader.blob_status(digest, size, verify=True)
 
-    def read(self, digest: str) -> bytes:
-        data = self.reader.read_member(self.member(digest), manifest.MAX_MANIFEST_SIZE)
-        if manifest.sha256_digest(data) != digest:
-            raise SourceError(f"The blob {digest} in {self.name} does not hash to its digest.")
-        return data
+    def read_blob(self, digest: str) -> bytes:
+        return self.reader.read_blob(digest, manifest.MAX_MANIFEST_SIZE)
 
     def parts(self, digest: str, parts: Sequence[Tuple[int, int]]) -> Iterator[Tuple[int, int, bytes]]:
-        with self.reader.open_member(self.member(digest)) as handle:
+        with self.reader.open_blob(digest) as handle:
             for first, last in parts:
                 handle.seek(first)
                 data = handle.read(last - first + 1)
@@ -205,11 +191,11 @@ _PROBLEMS = {
 def _load(blobs: _Blobs, top_descriptor: Dict[str, Any], where: str) -> _Source:
     """Parse the image under ``top_descriptor`` and validate every manifest and blob it references."""
     try:
-        raw = blobs.read(top_descriptor["digest"])
+        raw = blobs.read_blob(top_descriptor["digest"])
         top = parse_manifest(raw, top_descriptor.get("mediaType"), expected_digest=top_descriptor["digest"])
 
         def fetch(descriptor: Descriptor) -> Document:
-            return manifest.parse_referenced(descriptor, blobs.read(descriptor.digest), descriptor.media_type)
+            return manifest.parse_referenced(descriptor, blobs.read_blob(descriptor.digest), descriptor.media_type)
 
         documents = [step.document for step in manifest.walk(top, fetch)] + [top]
     except SourceError:
@@ -333,13 +319,14 @@ class _DockerBlobs(_ArchiveBlobs):
     """A classic docker-archive: blobs are its named files, plus the manifest built for it."""
 
     def __init__(self, reader: Any, names: Dict[str, str], manifest_digest: str, manifest_bytes: bytes) -> None:
-        super().__init__(reader, names)
+        super().__init__(reader)
+        reader.blob_names.update(names)
         self.built = {manifest_digest: manifest_bytes}
 
-    def read(self, digest: str) -> bytes:
+    def read_blob(self, digest: str) -> bytes:
         if digest in self.built:
             return self.built[digest]
-        return super().read(digest)
+        return super().read_blob(digest)
 
 
 # The push ---------------------------------------------------------------------------------------------

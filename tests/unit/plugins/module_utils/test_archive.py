@@ -439,6 +439,12 @@ def test_open_our_docker_archive(images, tmp_path):
         assert archive.manifest_digest(entry) == built["single"].digest
         assert archive.oci_index["manifests"][0]["digest"] == built["single"].digest
         assert archive.member_size(entry["Layers"][0]) == built["single"].layers[0].size
+        # the same blob API as an oci-archive: blobs/sha256 members, or names a classic archive maps
+        assert archive.read_blob(built["single"].digest) == built["single"].manifest_bytes
+        layer = built["single"].layers[0]
+        assert archive.blob_status(layer.digest, layer.size, verify=True) == BLOB_PRESENT
+        archive.blob_names[layer.digest] = entry["Layers"][1]
+        assert archive.blob_status(layer.digest, layer.size, verify=True) != BLOB_PRESENT
 
 
 # hostile archives --------------------------------------------------------------------------------
