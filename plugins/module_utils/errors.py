@@ -172,6 +172,12 @@ class EcrkitError(Exception):
         return self.message
 
 
+class InvalidOptionError(EcrkitError):
+    """A module option (or a combination of them) the module cannot act on."""
+
+    code = "invalid_option"
+
+
 class InvalidReferenceError(EcrkitError):
     """An image reference (or a part of one: tag, digest, region) that cannot name an ECR image.
 

@@ -75,7 +75,7 @@ import hashlib
 import json
 import platform as pyplatform
 import re
-from typing import Any, Callable, Dict, List, NamedTuple, NoReturn, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, NoReturn, Optional, Sequence, Tuple, Union
 
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 
@@ -788,6 +788,18 @@ def referenced_blobs(manifest: ImageManifest) -> List[Descriptor]:
             seen.add(blob.digest)
             out.append(blob)
     return out
+
+
+def distinct_blobs(documents: Sequence[ManifestDocument]) -> List[Descriptor]:
+    """The configs and layers of every image manifest among ``documents``, each digest once, in order;
+    an image with a foreign layer is refused (:class:`ForeignLayerError`)."""
+    seen: Dict[str, Descriptor] = {}
+    for document in documents:
+        if isinstance(document, ImageManifest):
+            refuse_foreign_layers(document)
+            for blob in referenced_blobs(document):
+                seen.setdefault(blob.digest, blob)
+    return list(seen.values())
 
 
 def layer_compression(media_type: str) -> str | None:

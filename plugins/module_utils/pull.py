@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, manifest, transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrRepository
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import (
     Descriptor, ImageIndex, ImageManifest, Platform, parse_manifest,
@@ -36,11 +36,7 @@ POLICIES = ("always", "missing")
 MIN_CHUNK_SIZE = 1024 * 1024
 ALL_PLATFORMS = "all"
 
-Document = Union[ImageManifest, ImageIndex]
-
-
-class PullOptionError(EcrkitError):
-    code = "invalid_option"
+Document = manifest.ManifestDocument
 
 
 @dataclass(frozen=True)
@@ -66,17 +62,17 @@ class PullOptions:
         image_ref = parse_reference(ref)
         check_region(image_ref, region)
         if dest_format not in FORMATS:
-            raise PullOptionError(f"format '{dest_format}' is not one of {', '.join(FORMATS)}.")
+            raise InvalidOptionError(f"format '{dest_format}' is not one of {', '.join(FORMATS)}.")
         if policy not in POLICIES:
-            raise PullOptionError(f"pull '{policy}' is not one of {', '.join(POLICIES)}.")
+            raise InvalidOptionError(f"pull '{policy}' is not one of {', '.join(POLICIES)}.")
         if all_platforms and dest_format == "docker-archive":
-            raise PullOptionError("A docker-archive holds one platform; drop all_platforms or use format oci or oci-archive.")
+            raise InvalidOptionError("A docker-archive holds one platform; drop all_platforms or use format oci or oci-archive.")
         if max_connections < 1 or max_connections > 64:
-            raise PullOptionError(f"max_concurrent_downloads must be between 1 and 64, not {max_connections}.")
+            raise InvalidOptionError(f"max_concurrent_downloads must be between 1 and 64, not {max_connections}.")
         if chunk_size < MIN_CHUNK_SIZE:
-            raise PullOptionError(f"chunk_size must be at least 1MB, not {chunk_size} bytes.")
+            raise InvalidOptionError(f"chunk_size must be at least 1MB, not {chunk_size} bytes.")
         if not dest:
-            raise PullOptionError("dest must name a directory (format oci) or a file (archive formats).")
+            raise InvalidOptionError("dest must name a directory (format oci) or a file (archive formats).")
         return cls(ref=image_ref, dest=dest, dest_format=dest_format,
                    platform=manifest.parse_platform(platform) if platform else None,
                    all_platforms=all_platforms, policy=policy, max_connections=max_connections,
@@ -177,17 +173,7 @@ def _plan(options: PullOptions, repository: EcrRepository, store: Optional[OciLa
                 f"The platform entry {entry.digest} of {options.ref} is itself an index; pull it by that digest.")
         documents = [child]
         platform = str(entry.platform.normalized()) if entry.platform else str(options.wanted_platform)
-    return _Plan(top=top, entry=entry, platform=platform, documents=documents, blobs=_blobs(documents))
-
-
-def _blobs(documents: List[Document]) -> List[Descriptor]:
-    seen: Dict[str, Descriptor] = {}
-    for document in documents:
-        if isinstance(document, ImageManifest):
-            manifest.refuse_foreign_layers(document)
-            for blob in manifest.referenced_blobs(document):
-                seen.setdefault(blob.digest, blob)
-    return list(seen.values())
+    return _Plan(top=top, entry=entry, platform=platform, documents=documents, blobs=manifest.distinct_blobs(documents))
 
 
 def _download(options: PullOptions, repository: EcrRepository, store: OciLayout, blobs: List[Descriptor]) -> int:
@@ -338,7 +324,7 @@ def _local_plan(options: PullOptions, reader: Any, digest: str, top: Optional[Do
     if isinstance(top, ImageIndex) and not options.all_platforms:
         entry = _entry_for(options, top)
         platform = str(entry.platform.normalized()) if entry.platform else platform
-    return _Plan(top=top or document, entry=entry, platform=platform, documents=documents, blobs=_blobs(documents))
+    return _Plan(top=top or document, entry=entry, platform=platform, documents=documents, blobs=manifest.distinct_blobs(documents))
 
 
 def _image_platform(reader: Any, image: ImageManifest) -> str:

@@ -32,15 +32,13 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, manifest, transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrApiError, EcrRepository, RepositoryNotFoundError
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import BLOB_PRESENT, OciLayout, ref_name
-from ansible_collections.ecrkit.images.plugins.module_utils.manifest import (
-    Descriptor, ImageIndex, ImageManifest, parse_manifest,
-)
+from ansible_collections.ecrkit.images.plugins.module_utils.manifest import Descriptor, parse_manifest
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import ImageRef, check_region, parse_reference
 
 FORMATS = ("oci", "oci-archive", "docker-archive")
@@ -49,11 +47,7 @@ MAX_CONCURRENT_UPLOADS = 16
 _READ_CHUNK = 1024 * 1024
 _MAGIC = ((b"\x1f\x8b", manifest.MEDIA_TYPE_DOCKER_LAYER_GZIP), (b"\x28\xb5\x2f\xfd", manifest.MEDIA_TYPE_DOCKER_LAYER_ZSTD))
 
-Document = Union[ImageManifest, ImageIndex]
-
-
-class PushOptionError(EcrkitError):
-    code = "invalid_option"
+Document = manifest.ManifestDocument
 
 
 class SourceError(EcrkitError):
@@ -91,13 +85,13 @@ class PushOptions:
         image_ref = parse_reference(ref, default_tag=None)  # a push names its tag (or a digest, for an untagged push)
         check_region(image_ref, region)
         if src_format not in FORMATS:
-            raise PushOptionError(f"src_format '{src_format}' is not one of {', '.join(FORMATS)}.")
+            raise InvalidOptionError(f"src_format '{src_format}' is not one of {', '.join(FORMATS)}.")
         if not src:
-            raise PushOptionError("src must name an OCI layout directory or an archive file.")
+            raise InvalidOptionError("src must name an OCI layout directory or an archive file.")
         if image_tag_mutability is not None and image_tag_mutability not in MUTABILITIES:
-            raise PushOptionError(f"image_tag_mutability '{image_tag_mutability}' is not one of {', '.join(MUTABILITIES)}.")
+            raise InvalidOptionError(f"image_tag_mutability '{image_tag_mutability}' is not one of {', '.join(MUTABILITIES)}.")
         if max_concurrent_uploads < 1 or max_concurrent_uploads > MAX_CONCURRENT_UPLOADS:
-            raise PushOptionError(f"max_concurrent_uploads must be between 1 and {MAX_CONCURRENT_UPLOADS}, not {max_concurrent_uploads}.")
+            raise InvalidOptionError(f"max_concurrent_uploads must be between 1 and {MAX_CONCURRENT_UPLOADS}, not {max_concurrent_uploads}.")
         extra = []
         for tag in tags or ():
             try:
@@ -105,7 +99,7 @@ class PushOptions:
             except EcrkitError:
                 checked = None
             if not checked or checked != tag:
-                raise PushOptionError(f"The tag '{tag}' in tags is not valid; a tag is 1 to 300 characters from A-Z, a-z, 0-9, '.', '_' and '-'.")
+                raise InvalidOptionError(f"The tag '{tag}' in tags is not valid; a tag is 1 to 300 characters from A-Z, a-z, 0-9, '.', '_' and '-'.")
             extra.append(tag)
         return cls(ref=image_ref, src=src, src_format=src_format, src_tag=src_tag or None, tags=tuple(extra),
                    create_repository=create_repository, image_tag_mutability=image_tag_mutability,
@@ -202,13 +196,8 @@ def _load(blobs: _Blobs, top_descriptor: Dict[str, Any], where: str) -> _Source:
         raise
     except EcrkitError as exc:
         raise SourceError(f"The image '{where}' in {blobs.name} cannot be pushed: {exc}") from None
-    seen: Dict[str, Descriptor] = {}
-    for document in documents:
-        if isinstance(document, ImageManifest):
-            manifest.refuse_foreign_layers(document)
-            for blob in manifest.referenced_blobs(document):
-                seen.setdefault(blob.digest, blob)
-    for blob in seen.values():
+    layers = manifest.distinct_blobs(documents)
+    for blob in layers:
         try:
             state = blobs.status(blob.digest, blob.size)
         except EcrkitError as exc:
@@ -216,7 +205,7 @@ def _load(blobs: _Blobs, top_descriptor: Dict[str, Any], where: str) -> _Source:
         if state != BLOB_PRESENT:
             raise SourceError(f"The blob {blob.digest} ({blob.size} bytes) of the image '{where}' in {blobs.name} "
                               f"{_PROBLEMS.get(state, state)}; nothing was pushed.")
-    return _Source(blobs=blobs, top=top, documents=documents, layers=list(seen.values()))
+    return _Source(blobs=blobs, top=top, documents=documents, layers=layers)
 
 
 def _pick_entry(index: Dict[str, Any], src_tag: Optional[str], where: str) -> Tuple[Dict[str, Any], str]:

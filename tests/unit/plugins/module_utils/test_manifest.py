@@ -1153,3 +1153,19 @@ def test_parse_referenced_and_check_document():
         check_document(Descriptor(OCI_MANIFEST, parsed.digest, 5), parsed)
     with pytest.raises(ManifestError, match="was reported as"):
         parse_referenced(good, raw, DOCKER_MANIFEST)
+
+
+def test_distinct_blobs_lists_each_blob_once_and_refuses_foreign_layers():
+    layer = {"mediaType": m.MEDIA_TYPE_OCI_LAYER_GZIP, "digest": "sha256:" + "1" * 64, "size": 10}
+    shared = {"mediaType": m.MEDIA_TYPE_OCI_LAYER_GZIP, "digest": "sha256:" + "2" * 64, "size": 20}
+    config = {"mediaType": m.MEDIA_TYPE_OCI_CONFIG, "digest": "sha256:" + "3" * 64, "size": 30}
+
+    def image(*layers):
+        document = {"schemaVersion": 2, "mediaType": m.MEDIA_TYPE_OCI_MANIFEST, "config": config, "layers": list(layers)}
+        return m.parse_manifest(json.dumps(document).encode())
+
+    blobs = m.distinct_blobs([image(layer, shared), image(shared)])
+    assert [blob.digest for blob in blobs] == [config["digest"], layer["digest"], shared["digest"]]
+    foreign = dict(layer, mediaType=m.MEDIA_TYPE_DOCKER_FOREIGN_LAYER_GZIP, urls=["https://example.invalid/l"])
+    with pytest.raises(m.ForeignLayerError):
+        m.distinct_blobs([image(foreign)])

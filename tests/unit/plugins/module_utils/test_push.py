@@ -16,7 +16,7 @@ import tarfile
 import pytest
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, ecr, layout, manifest, pull, push
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidReferenceError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidOptionError, InvalidReferenceError
 
 EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
 if EMULATOR_DIR not in sys.path:
@@ -217,11 +217,11 @@ def test_options_are_checked():
     good = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app"
     with pytest.raises(InvalidReferenceError):
         push.PushOptions.from_params(ref=good, src="/x")  # neither tag nor digest
-    with pytest.raises(push.PushOptionError):
+    with pytest.raises(InvalidOptionError):
         push.PushOptions.from_params(ref=good + ":1", src="/x", tags=["bad tag"])
-    with pytest.raises(push.PushOptionError):
+    with pytest.raises(InvalidOptionError):
         push.PushOptions.from_params(ref=good + ":1", src="/x", max_concurrent_uploads=0)
-    with pytest.raises(push.PushOptionError):
+    with pytest.raises(InvalidOptionError):
         push.PushOptions.from_params(ref=good + ":1", src="/x", src_format="tar")
     options = push.PushOptions.from_params(ref=good + ":1", src="/x", tags=["latest", "1"])
     assert options.all_tags == ["1", "latest"]
