@@ -2,6 +2,9 @@
 # Run a command against a fresh local ECR endpoint (tests/emulator), then stop the endpoint.
 # The command sees the endpoint in its environment (AWS_ENDPOINT_URL_ECR, AWS_ACCESS_KEY_ID, ...)
 # and, for ansible-test, in tests/integration/integration_config.yml (ecr_endpoint_url, ecr_access_key, ...).
+# A private containerd (tests/containerd/private_containerd.py: own root, state and socket under the same
+# temp dir, CRI disabled) runs beside it when containerd is installed and we are root; its socket is
+# ecr_containerd_address in integration_config.yml ("" when none runs: the containerd target then fails).
 # Usage: scripts/with-emulator.sh COMMAND [ARG...]   (run from the collection root)
 set -euo pipefail
 
@@ -16,7 +19,13 @@ python3 tests/emulator/ecr_emulator.py --listen 127.0.0.1:0 --data "$work/data" 
     --access-key "$access_key" --secret-key "$secret_key" --account-id "$account_id" \
     --log "$work/endpoint.log" &
 pid=$!
-trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+      python3 tests/containerd/private_containerd.py stop "$work/containerd" >/dev/null 2>&1; rm -rf "$work"' EXIT
+
+containerd_address=""
+if command -v containerd >/dev/null && [ "$(id -u)" = 0 ]; then
+    containerd_address=$(python3 tests/containerd/private_containerd.py start "$work/containerd")
+fi
 
 waited=0
 while [ ! -s "$work/url" ] && [ "$waited" -lt 300 ]; do
@@ -38,6 +47,7 @@ ecr_secret_key: "$secret_key"
 ecr_region: "$region"
 ecr_account_id: "$account_id"
 ecr_sample_images: "$PWD/tests/emulator/sample_images.py"
+ecr_containerd_address: "$containerd_address"
 EOT
 
 status=0

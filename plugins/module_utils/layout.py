@@ -332,6 +332,11 @@ def _flock(path: str, timeout: float | None, what: str) -> int:
         os.close(fd)
 
 
+def lock_path(path: str, timeout: float | None, what: str) -> int:
+    """Take an exclusive lock on the file ``path`` (created if missing) for ``what``; the fd to close."""
+    return _flock(path, timeout, what)
+
+
 def _try_flock_existing(path: str) -> int | None:
     """flock an existing file without waiting; the fd, or None when it is missing or held elsewhere."""
     try:

@@ -10,6 +10,11 @@ changes nothing costs exactly one BatchGetImage call and no download.
 
 Archives are assembled in a staging OCI layout beside the archive (``.NAME.ecrkit-staging``), which
 keeps partial downloads across interrupted runs and is removed once the archive is written.
+
+containerd (:class:`_ContainerdTarget`) records the name of the image against what the reference
+resolves to, an index included, as containerd's own pull does. The blobs containerd lacks are staged in
+an OCI layout (under ``dest``, else ``$TMPDIR`` or ``/var/tmp``) and ingested one by one; see
+:mod:`containerd` for how they are kept safe from its garbage collector meanwhile.
 """
 
 from __future__ import annotations
@@ -18,20 +23,21 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from ansible_collections.ecrkit.images.plugins.module_utils import archive, manifest, transfer
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, layout, manifest, transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrRepository
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError, storage_error
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import (
     Descriptor, ImageIndex, ImageManifest, Platform, parse_manifest,
 )
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import ImageRef, check_region, parse_reference
 
-FORMATS = ("oci", "oci-archive", "docker-archive")
+FORMATS = ("oci", "oci-archive", "docker-archive", "containerd")
 POLICIES = ("always", "missing")
 MIN_CHUNK_SIZE = 1024 * 1024
 ALL_PLATFORMS = "all"
@@ -52,12 +58,17 @@ class PullOptions:
     ranged: bool = True
     tls_verify: Union[bool, str] = True
     check_mode: bool = False
+    containerd_address: str = containerd.DEFAULT_ADDRESS
+    containerd_namespace: str = containerd.DEFAULT_NAMESPACE
+    unpack: bool = True
 
     @classmethod
     def from_params(cls, *, ref: str, dest: str, dest_format: str = "oci", platform: str | None = None,
                     all_platforms: bool = False, policy: str = "always", region: str | None = None,
                     max_connections: int = 8, chunk_size: int = 16 * 1024 * 1024, ranged: bool = True,
-                    tls_verify: Union[bool, str] = True, check_mode: bool = False) -> PullOptions:
+                    tls_verify: Union[bool, str] = True, check_mode: bool = False,
+                    containerd_address: str = containerd.DEFAULT_ADDRESS,
+                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE, unpack: bool = True) -> PullOptions:
         """Validate the module's options (in the user's terms) before any network call."""
         image_ref = parse_reference(ref)
         check_region(image_ref, region)
@@ -71,12 +82,15 @@ class PullOptions:
             raise InvalidOptionError(f"max_concurrent_downloads must be between 1 and 64, not {max_connections}.")
         if chunk_size < MIN_CHUNK_SIZE:
             raise InvalidOptionError(f"chunk_size must be at least 1MB, not {chunk_size} bytes.")
-        if not dest:
+        if not dest and dest_format != "containerd":
             raise InvalidOptionError("dest must name a directory (format oci) or a file (archive formats).")
-        return cls(ref=image_ref, dest=dest, dest_format=dest_format,
+        if not containerd_address:
+            raise InvalidOptionError("containerd_address must name containerd's socket, such as /run/containerd/containerd.sock.")
+        return cls(ref=image_ref, dest=dest or "", dest_format=dest_format,
                    platform=manifest.parse_platform(platform) if platform else None,
                    all_platforms=all_platforms, policy=policy, max_connections=max_connections,
-                   chunk_size=chunk_size, ranged=ranged, tls_verify=tls_verify, check_mode=check_mode)
+                   chunk_size=chunk_size, ranged=ranged, tls_verify=tls_verify, check_mode=check_mode,
+                   containerd_address=containerd_address, containerd_namespace=containerd_namespace, unpack=unpack)
 
     @property
     def entry_name(self) -> str:
@@ -104,11 +118,17 @@ def pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository]) -> 
     """Run the pull; return the module result. ``connect`` is called only when ECR must be asked."""
     started = time.monotonic()
     target = _target(options)
+    with contextlib.closing(target):
+        return _pull(options, connect, target, started)
+
+
+def _pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository], target: _LayoutTarget,
+          started: float) -> Dict[str, Any]:
     before = target.recorded_digest(options.entry_name)
 
     if options.policy == "missing" and before:
         plan = target.local_plan(before)
-        return _result(options, plan, before, before, [], 0, started, changed=False, repository=None)
+        return _result(options, plan, before, before, [], 0, started, changed=False, repository=None, target=target)
 
     repository = connect(options.ref)
     raw, media_type, reported = repository.get_manifest(options.ref.image_id, manifest.ACCEPTED_MANIFEST_TYPES)
@@ -118,20 +138,22 @@ def pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository]) -> 
             f"ECR answered {options.ref} with a manifest whose bytes hash to {top.digest}, not to the {reported} it "
             "reported; nothing was stored.", expected=reported, actual=top.digest)
     entry = _entry_for(options, top)
+    wanted = target.wanted_digest(top, entry)
 
-    if before == entry.digest and target.complete(entry.digest):
-        plan = target.local_plan(entry.digest, top)
-        return _result(options, plan, before, entry.digest, [], 0, started, changed=False, repository=repository)
+    if before == wanted and target.complete(wanted):
+        plan = target.local_plan(wanted, top)
+        return _result(options, plan, before, wanted, [], 0, started, changed=False, repository=repository, target=target)
 
     plan = _plan(options, repository, target.store, top, entry)
-    missing = [blob for blob in plan.blobs if not target.has_blob(blob)]
+    missing = target.missing(plan.blobs)
     if not plan.platform and isinstance(plan.documents[-1], ImageManifest) and target.store is not None:
         plan.platform = _image_platform(target.store, plan.documents[-1])
     if options.check_mode:
-        return _result(options, plan, before, entry.digest, missing, 0, started, changed=True, repository=repository,
-                       check_mode=True)
+        return _result(options, plan, before, wanted, missing, 0, started, changed=True, repository=repository,
+                       check_mode=True, target=target)
 
-    store = target.open_for_writing()
+    store = target.open_for_writing(plan)
+    missing = target.missing(missing)  # another run may have stored some while this one waited for its lock
     transferred = _download(options, repository, store, missing)
     for document in plan.documents:
         store.write_blob(document.raw, expected_digest=document.digest)
@@ -139,8 +161,9 @@ def pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository]) -> 
     if plan.platform in ("", "unknown") and isinstance(plan.documents[-1], ImageManifest):
         plan.platform = _image_platform(store, plan.documents[-1])
     target.finish(options, plan)
-    return _result(options, plan, before, entry.digest, missing, transferred, started,
-                   changed=before != entry.digest or bool(missing), repository=repository)
+    # the destination lacked a blob, pointed elsewhere, or (containerd) was not unpacked: it changed
+    return _result(options, plan, before, wanted, missing, transferred, started, changed=True, repository=repository,
+                   target=target)
 
 
 def _entry_for(options: PullOptions, top: Document) -> Descriptor:
@@ -208,11 +231,11 @@ def _url_provider(repository: EcrRepository, digest: str) -> Callable[[bool], st
 
 def _result(options: PullOptions, plan: _Plan, before: Optional[str], after: str, missing: List[Descriptor],
             transferred: int, started: float, changed: bool, repository: Optional[EcrRepository],
-            check_mode: bool = False) -> Dict[str, Any]:
+            target: _LayoutTarget, check_mode: bool = False) -> Dict[str, Any]:
     missing_digests = {blob.digest for blob in missing}
     fetched = "download" if check_mode else "downloaded"
     entry_document = plan.documents[-1] if plan.documents else plan.top
-    return {
+    result = {
         "changed": changed,
         "ref": str(options.ref),
         "digest": plan.top.digest,
@@ -223,12 +246,14 @@ def _result(options: PullOptions, plan: _Plan, before: Optional[str], after: str
                     "action": fetched if blob.digest in missing_digests else "present"} for blob in plan.blobs],
         "bytes_transferred": transferred,
         "elapsed": round(time.monotonic() - started, 3),
-        "dest": options.dest,
+        "dest": options.dest or None,
         "format": options.dest_format,
         "api_calls": repository.api_calls if repository else 0,
         "retries": repository.retries if repository else 0,
         "diff": {"before": {"tag": before}, "after": {"tag": after}},
     }
+    result.update(target.extra_result(plan))
+    return result
 
 
 # Destinations ---------------------------------------------------------------------------------------
@@ -248,6 +273,13 @@ class _LayoutTarget:
     def has_blob(self, blob: Descriptor) -> bool:
         return bool(self.store and self.store.has_blob(blob.digest, blob.size))
 
+    def missing(self, blobs: List[Descriptor]) -> List[Descriptor]:
+        return [blob for blob in blobs if not self.has_blob(blob)]
+
+    def wanted_digest(self, top: Document, entry: Descriptor) -> str:
+        """What the destination's name must point at: the platform's manifest, or the index for all platforms."""
+        return entry.digest
+
     def complete(self, digest: str) -> bool:
         try:
             plan = self.local_plan(digest)
@@ -260,13 +292,19 @@ class _LayoutTarget:
             raise EcrkitError(f"{self.root} holds no OCI image layout.")
         return _local_plan(self.options, self.store, digest, top)
 
-    def open_for_writing(self) -> OciLayout:
+    def open_for_writing(self, plan: Optional[_Plan] = None) -> OciLayout:  # pylint: disable=unused-argument
         if self.store is None:
             self.store = OciLayout(self.root, create=True)
         return self.store
 
     def finish(self, options: PullOptions, plan: _Plan) -> None:
         """Nothing more: the layout is the destination."""
+
+    def extra_result(self, plan: _Plan) -> Dict[str, Any]:  # pylint: disable=unused-argument
+        return {}
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class _ArchiveTarget(_LayoutTarget):
@@ -337,7 +375,181 @@ def _image_platform(reader: Any, image: ImageManifest) -> str:
         return "unknown"
 
 
+class _ContainerdContent:
+    """containerd's content store, read like a layout by :func:`_plan` and :func:`_local_plan`."""
+
+    def __init__(self, client: containerd.Containerd) -> None:
+        self.client = client
+        self.digests: set = set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.digests = self.client.content_digests()
+
+    def has_blob(self, digest: str, size: int = 0) -> bool:  # pylint: disable=unused-argument
+        return digest in self.digests  # containerd checked size and digest when it committed the blob
+
+    def read_blob(self, digest: str) -> bytes:
+        return self.client.read_blob(digest, manifest.MAX_MANIFEST_SIZE)
+
+
+class _ContainerdTarget(_LayoutTarget):
+    """containerd's image store: the image's names point at what the reference resolves to."""
+
+    def __init__(self, options: PullOptions) -> None:  # pylint: disable=super-init-not-called
+        self.options = options
+        self.client = containerd.connect(options.containerd_address, options.containerd_namespace, must_exist=False)
+        self.content = _ContainerdContent(self.client)
+        self.store = self.content  # type: ignore[assignment]  # read-only use in _plan
+        self.names = containerd_names(options.ref)
+        self.staging: Optional[OciLayout] = None
+        self.staging_image = ""
+        self.lock_fd: Optional[int] = None
+        self.lock_file = ""
+        self.unpacked = False
+
+    def recorded_digest(self, name: str) -> Optional[str]:
+        record = self.client.image(self.names[0])
+        return record.digest if record else None
+
+    def wanted_digest(self, top: Document, entry: Descriptor) -> str:
+        return top.digest  # as containerd's pull: the name points at the index, content for the platform(s)
+
+    def has_blob(self, blob: Descriptor) -> bool:
+        return self.content.has_blob(blob.digest)
+
+    def missing(self, blobs: List[Descriptor]) -> List[Descriptor]:
+        self.content.refresh()
+        return [blob for blob in blobs if not self.has_blob(blob)]
+
+    def complete(self, digest: str) -> bool:
+        names = containerd_names(self.options.ref, digest)
+        if any((self.client.image(name) or containerd.ImageRecord("", "", "")).digest != digest for name in names[1:]):
+            return False
+        try:
+            plan = self.local_plan(digest)
+        except EcrkitError:
+            return False
+        if not all(self.has_blob(blob) for blob in plan.blobs):
+            return False
+        self.unpacked = self._is_unpacked(plan)
+        return self.unpacked or not self.options.unpack
+
+    def local_plan(self, digest: str, top: Optional[Document] = None) -> _Plan:
+        document = parse_manifest(self.content.read_blob(digest), None, expected_digest=digest)
+        if isinstance(document, ImageIndex) and not self.options.all_platforms:
+            entry = _entry_for(self.options, document)
+            child = manifest.parse_referenced(entry, self.content.read_blob(entry.digest), entry.media_type)
+            if not isinstance(child, ImageManifest):
+                raise manifest.UnsupportedManifestError(f"The platform entry {entry.digest} is itself an index.")
+            platform = str(entry.platform.normalized()) if entry.platform else str(self.options.wanted_platform)
+            return _Plan(top=top or document, entry=entry, platform=platform, documents=[child],
+                         blobs=manifest.distinct_blobs([child]))
+        return _local_plan(self.options, self.content, digest, top)
+
+    def _is_unpacked(self, plan: _Plan) -> bool:
+        """Whether the snapshot of the unpacked image exists (its key is the top layer's chain ID)."""
+        image = self._unpack_manifest(plan)
+        if image is None:
+            return False
+        try:
+            config = json.loads(self.content.read_blob(image.config.digest))
+            diff_ids = config["rootfs"]["diff_ids"]
+        except (EcrkitError, KeyError, TypeError, ValueError):
+            return False
+        chain = containerd.chain_ids(diff_ids)
+        return not chain or self.client.has_snapshot(chain[-1])
+
+    def _unpack_manifest(self, plan: _Plan) -> Optional[ImageManifest]:
+        """The manifest containerd unpacks: the only one, or with all platforms the host's."""
+        images = [document for document in plan.documents if isinstance(document, ImageManifest)]
+        if len(images) == 1:
+            return images[0]
+        if isinstance(plan.top, ImageIndex):
+            try:
+                wanted = manifest.select_manifest(plan.top, manifest.host_platform())
+            except EcrkitError:
+                return None
+            return next((image for image in images if image.digest == wanted.digest), None)
+        return None
+
+    def open_for_writing(self, plan: Optional[_Plan] = None) -> OciLayout:
+        """Lock this image's staging layout, and protect its content in containerd under a staging name."""
+        if plan is None:
+            raise EcrkitError("containerd needs the plan before anything is stored.")
+        base = self.options.dest
+        if base:
+            try:
+                os.makedirs(base, exist_ok=True)
+            except OSError as exc:
+                raise storage_error(exc, "creating the staging directory", base) from None
+        else:
+            base = os.environ.get("TMPDIR") or "/var/tmp"
+            if not os.path.isdir(base):
+                base = tempfile.gettempdir()
+        name = plan.top.digest.replace(":", "-")
+        self.lock_file = os.path.join(base, f".ecrkit-containerd-{name}.lock")
+        self.lock_fd = layout.lock_path(self.lock_file, None, f"the pull of {plan.top.digest} into containerd")
+        self.staging = OciLayout(os.path.join(base, f".ecrkit-containerd-{name}"), create=True)
+        self.staging_image = containerd.staging_name(plan.top.digest)
+        self._keep_platforms(plan)  # before an import relabels the index with this platform only
+        self._import(plan, [self.staging_image], unpack=False)
+        self._keep_platforms(plan)
+        return self.staging
+
+    def _keep_platforms(self, plan: _Plan) -> None:
+        if isinstance(plan.top, ImageIndex):
+            self.content.refresh()
+            if plan.top.digest in self.content.digests:
+                self.client.label_blob(plan.top.digest, containerd.index_labels([child.digest for child in plan.top.manifests]))
+
+    def _import(self, plan: _Plan, names: List[str], unpack: bool) -> None:
+        top = plan.top
+        documents = [(document.digest, document.raw) for document in plan.documents if document.digest != top.digest]
+        platform = None if plan.platform in (ALL_PLATFORMS, "", "unknown") else plan.platform
+        self.client.import_manifests(names, (top.media_type, top.digest, top.raw), documents, unpack=unpack,
+                                     platform=platform, all_platforms=plan.platform == ALL_PLATFORMS)
+
+    def finish(self, options: PullOptions, plan: _Plan) -> None:
+        """Ingest the staged blobs containerd lacks, then point the names at the image (and unpack it)."""
+        staging = self.open_for_writing(plan) if self.staging is None else self.staging
+        for blob in self.missing(plan.blobs):
+            path = staging.blob_path(blob.digest)
+            self.client.ingest(path, blob.digest, blob.size)
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # containerd has its own copy now; keep the staging disk use to one image
+        names = containerd_names(options.ref, plan.top.digest)
+        self._import(plan, names, unpack=options.unpack)
+        self.unpacked = options.unpack and self._is_unpacked(plan)
+        self.client.remove_images([self.staging_image])
+        shutil.rmtree(staging.root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock_file)
+
+    def extra_result(self, plan: _Plan) -> Dict[str, Any]:
+        return {"containerd": {"namespace": self.options.containerd_namespace,
+                               "images": containerd_names(self.options.ref, plan.top.digest),
+                               "unpacked": self.unpacked, "commands": self.client.commands}}
+
+    def close(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def containerd_names(ref: ImageRef, digest: Optional[str] = None) -> List[str]:
+    """The image names a pull of ``ref`` creates in containerd, the one to look up first: ``REPO:TAG``
+    (when the reference has a tag) and ``REPO@DIGEST``, as Kubernetes' CRI names a pulled image."""
+    names = [f"{ref.repository_uri}:{ref.tag}"] if ref.tag else []
+    digest = digest or ref.digest
+    if digest:
+        names.append(f"{ref.repository_uri}@{digest}")
+    return names
+
+
 def _target(options: PullOptions) -> _LayoutTarget:
+    if options.dest_format == "containerd":
+        return _ContainerdTarget(options)
     return _LayoutTarget(options) if options.dest_format == "oci" else _ArchiveTarget(options)
 
 

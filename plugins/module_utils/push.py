@@ -28,20 +28,21 @@ upload on the one :class:`~transfer.TransferPool`, several at once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ansible_collections.ecrkit.images.plugins.module_utils import archive, manifest, transfer
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, manifest, transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrApiError, EcrRepository, RepositoryNotFoundError
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import BLOB_PRESENT, OciLayout, ref_name
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import Descriptor, parse_manifest
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import ImageRef, check_region, parse_reference
 
-FORMATS = ("oci", "oci-archive", "docker-archive")
+FORMATS = ("oci", "oci-archive", "docker-archive", "containerd")
 MUTABILITIES = ("MUTABLE", "IMMUTABLE")
 MAX_CONCURRENT_UPLOADS = 16
 _READ_CHUNK = 1024 * 1024
@@ -75,19 +76,25 @@ class PushOptions:
     image_tag_mutability: Optional[str] = None
     max_concurrent_uploads: int = 4
     check_mode: bool = False
+    containerd_address: str = containerd.DEFAULT_ADDRESS
+    containerd_namespace: str = containerd.DEFAULT_NAMESPACE
 
     @classmethod
     def from_params(cls, *, ref: str, src: str, src_format: str = "oci", src_tag: str | None = None,
                     tags: Sequence[str] | None = None, create_repository: bool = False,
                     image_tag_mutability: str | None = None, region: str | None = None,
-                    max_concurrent_uploads: int = 4, check_mode: bool = False) -> PushOptions:
+                    max_concurrent_uploads: int = 4, check_mode: bool = False,
+                    containerd_address: str = containerd.DEFAULT_ADDRESS,
+                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE) -> PushOptions:
         """Validate the module's options (in the user's terms) before any network call."""
         image_ref = parse_reference(ref, default_tag=None)  # a push names its tag (or a digest, for an untagged push)
         check_region(image_ref, region)
         if src_format not in FORMATS:
             raise InvalidOptionError(f"src_format '{src_format}' is not one of {', '.join(FORMATS)}.")
         if not src:
-            raise InvalidOptionError("src must name an OCI layout directory or an archive file.")
+            raise InvalidOptionError("src must name an OCI layout directory, an archive file or an image in containerd.")
+        if src_format == "containerd" and src_tag:
+            raise InvalidOptionError("src_tag does not apply to src_format containerd; give the image's full name in src.")
         if image_tag_mutability is not None and image_tag_mutability not in MUTABILITIES:
             raise InvalidOptionError(f"image_tag_mutability '{image_tag_mutability}' is not one of {', '.join(MUTABILITIES)}.")
         if max_concurrent_uploads < 1 or max_concurrent_uploads > MAX_CONCURRENT_UPLOADS:
@@ -101,9 +108,12 @@ class PushOptions:
             if not checked or checked != tag:
                 raise InvalidOptionError(f"The tag '{tag}' in tags is not valid; a tag is 1 to 300 characters from A-Z, a-z, 0-9, '.', '_' and '-'.")
             extra.append(tag)
+        if src_format != "containerd":  # a path: expand ~ and $VARS as Ansible's path options do
+            src = os.path.expanduser(os.path.expandvars(src))
         return cls(ref=image_ref, src=src, src_format=src_format, src_tag=src_tag or None, tags=tuple(extra),
                    create_repository=create_repository, image_tag_mutability=image_tag_mutability,
-                   max_concurrent_uploads=max_concurrent_uploads, check_mode=check_mode)
+                   max_concurrent_uploads=max_concurrent_uploads, check_mode=check_mode,
+                   containerd_address=containerd_address, containerd_namespace=containerd_namespace)
 
     @property
     def all_tags(self) -> List[str]:
@@ -117,6 +127,7 @@ class _Blobs:
     """Where a source's blobs are: ``status``, ``read`` (small, verified), ``parts`` (streamed)."""
 
     name = ""
+    missing_hint = ""  # why a blob may be missing from this kind of source, and what to do
 
     def status(self, digest: str, size: int) -> str:
         raise NotImplementedError
@@ -166,6 +177,50 @@ class _ArchiveBlobs(_Blobs):
                 yield first, last, data
 
 
+class _ContainerdBlobs(_Blobs):
+    """containerd's content store: blobs stream out of ``ctr content get`` and are hashed on the way."""
+
+    def __init__(self, client: containerd.Containerd) -> None:
+        self.client = client
+        self.name = f"containerd namespace '{client.namespace}'"
+        self.missing_hint = (" (containerd keeps only the platforms it pulled: pull every platform into it first, "
+                             "or push the platform's own manifest)")
+        self.digests = client.content_digests()
+
+    def status(self, digest: str, size: int) -> str:
+        # containerd checked size and digest when it committed the blob; the upload hashes it again
+        return BLOB_PRESENT if digest in self.digests else "missing"
+
+    def read_blob(self, digest: str) -> bytes:
+        if digest not in self.digests:
+            raise SourceError(f"The manifest {digest} is not in {self.name}{self.missing_hint}; nothing was pushed.")
+        return self.client.read_blob(digest, manifest.MAX_MANIFEST_SIZE)
+
+    def parts(self, digest: str, parts: Sequence[Tuple[int, int]]) -> Iterator[Tuple[int, int, bytes]]:
+        hasher = hashlib.sha256()
+        with self.client.open_blob(digest) as stream:
+            for first, last in parts:
+                data = _read_exactly(stream, last - first + 1)
+                if len(data) != last - first + 1:
+                    raise SourceError(f"The blob {digest} in {self.name} ended before byte {last}; nothing more was uploaded.")
+                hasher.update(data)
+                if last == parts[-1][1] and "sha256:" + hasher.hexdigest() != digest:
+                    raise SourceError(f"The blob {digest} in {self.name} does not hash to its digest; it was not pushed. "
+                                      "Check containerd's content store ('ctr content verify' or re-pull the image).")
+                yield first, last, data
+
+
+def _read_exactly(stream: Any, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = stream.read(size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
 @dataclass
 class _Source:
     blobs: _Blobs
@@ -204,7 +259,7 @@ def _load(blobs: _Blobs, top_descriptor: Dict[str, Any], where: str) -> _Source:
             raise SourceError(f"The blob {blob.digest} of the image '{where}' in {blobs.name} cannot be read: {exc}") from None
         if state != BLOB_PRESENT:
             raise SourceError(f"The blob {blob.digest} ({blob.size} bytes) of the image '{where}' in {blobs.name} "
-                              f"{_PROBLEMS.get(state, state)}; nothing was pushed.")
+                              f"{_PROBLEMS.get(state, state)}{blobs.missing_hint if state == 'missing' else ''}; nothing was pushed.")
     return _Source(blobs=blobs, top=top, documents=documents, layers=layers)
 
 
@@ -270,6 +325,15 @@ def docker_manifest(reader: archive.DockerArchive, image: Dict[str, Any]) -> Tup
 @contextlib.contextmanager
 def open_source(options: PushOptions) -> Iterator[_Source]:
     """The validated image of ``options.src``; archives stay open until the block ends."""
+    if options.src_format == "containerd":
+        client = containerd.connect(options.containerd_address, options.containerd_namespace, must_exist=True)
+        record = client.image(options.src)
+        if record is None:
+            raise containerd.UnknownImageError(
+                f"containerd has no image named '{options.src}' in namespace '{options.containerd_namespace}'; "
+                "give the full name as 'ctr images ls' shows it (for example registry/name:tag).")
+        yield _load(_ContainerdBlobs(client), {"digest": record.digest, "mediaType": record.media_type}, options.src)
+        return
     if options.src_format == "oci":
         if not os.path.isdir(options.src):
             raise SourceError(f"There is no OCI layout directory at {options.src}.")

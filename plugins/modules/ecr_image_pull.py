@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: ecr_image_pull
-short_description: Pull a container image from Amazon ECR into an OCI layout or an image archive
+short_description: Pull a container image from Amazon ECR into containerd, an OCI layout or an image archive
 version_added: 0.1.0
 description:
   - Resolves an image reference in an Amazon ECR private registry with one C(BatchGetImage) call, then
@@ -17,6 +17,8 @@ description:
     are atomic, and a download interrupted by a failure or a killed process resumes on the next run.
   - No Docker daemon, no registry login and no container tooling are needed on the managed host, only
     the AWS credentials it already has.
+  - With O(format=containerd) the image goes straight into containerd's content and image stores, through
+    the C(ctr) client that ships with containerd; layers containerd already has are not downloaded again.
   - Idempotent. When O(dest) already holds what the tag resolves to, nothing is downloaded, the task
     reports RV(ignore:changed=false), and the whole run costs one ECR API call.
   - Docker image manifest schema 1 images are refused with a message that says so; ECR keeps them only
@@ -43,15 +45,21 @@ options:
         one layout; each is recorded in its C(index.json) under its tag
         (annotation C(org.opencontainers.image.ref.name)) and blobs are stored once.
       - With O(format=oci-archive) or O(format=docker-archive), the path of the archive file.
+      - Required, except with O(format=containerd). There it optionally names the directory where the
+        layers containerd lacks are staged until containerd has ingested them (removed when the pull
+        succeeds, kept for the next run when it fails); the default is E(TMPDIR) or C(/var/tmp).
     type: path
-    required: true
   format:
     description:
       - V(oci) is an OCI image layout directory.
       - V(oci-archive) is a tar file of an OCI image layout holding this image only.
       - V(docker-archive) is a tarball that C(docker load) accepts (single platform only).
+      - V(containerd) stores the image in containerd (see O(containerd_namespace)) under the names
+        C(REPOSITORY:TAG) and C(REPOSITORY@DIGEST), as Kubernetes' CRI names a pulled image. The names
+        point at what the reference resolves to (an index for a multi-platform image, like C(ctr images pull));
+        the content of the selected platform, or of every platform with O(all_platforms), is stored.
     type: str
-    choices: [oci, oci-archive, docker-archive]
+    choices: [oci, oci-archive, docker-archive, containerd]
     default: oci
   platform:
     description:
@@ -91,7 +99,16 @@ options:
       - Split large blobs into parallel ranged requests. V(false) fetches every blob in one request.
     type: bool
     default: true
+  unpack:
+    description:
+      - With O(format=containerd), unpack the layers into a snapshot of containerd's default snapshotter, so
+        that a container can start from the image at once. With all platforms, the host's platform is
+        unpacked.
+      - An image that is present but not unpacked is unpacked without downloading anything.
+    type: bool
+    default: true
 extends_documentation_fragment:
+  - ecrkit.images.containerd
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
@@ -121,6 +138,13 @@ EXAMPLES = r"""
     ref: ecr.aws/arn:aws:ecr:eu-west-1:123456789012:repository/team/app@sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270
     dest: /srv/mirror/app
     all_platforms: true
+
+- name: Pre-pull the node images into containerd for Kubernetes
+  ecrkit.images.ecr_image_pull:
+    ref: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2
+    format: containerd
+    containerd_namespace: k8s.io
+  become: true
 
 - name: Only fetch the image when the host does not have it yet
   ecrkit.images.ecr_image_pull:
@@ -183,8 +207,32 @@ elapsed:
   returned: always
   type: float
   sample: 3.21
+containerd:
+  description: Where the image is in containerd.
+  returned: when O(format=containerd)
+  type: dict
+  contains:
+    namespace:
+      description: The containerd namespace.
+      type: str
+      sample: k8s.io
+    images:
+      description: The image names that point at RV(digest).
+      type: list
+      elements: str
+      sample:
+        - 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2
+        - 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app@sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270
+    unpacked:
+      description: Whether the image is unpacked into a snapshot (always V(false) when O(unpack=false) left it so).
+      type: bool
+      sample: true
+    commands:
+      description: The number of C(ctr) commands this run ran.
+      type: int
+      sample: 6
 dest:
-  description: The destination path.
+  description: The destination path (null with O(format=containerd) when O(dest) was not given).
   returned: always
   type: str
 format:
@@ -217,14 +265,17 @@ def main() -> None:
     module = AnsibleAWSModule(
         argument_spec=dict(
             ref=dict(type="str", required=True),
-            dest=dict(type="path", required=True),
-            format=dict(type="str", default="oci", choices=["oci", "oci-archive", "docker-archive"]),
+            dest=dict(type="path"),
+            format=dict(type="str", default="oci", choices=["oci", "oci-archive", "docker-archive", "containerd"]),
             platform=dict(type="str"),
             all_platforms=dict(type="bool", default=False),
             pull=dict(type="str", default="always", choices=["always", "missing"]),
             max_concurrent_downloads=dict(type="int", default=8),
             chunk_size=dict(type="str", default="16MB"),
             ranged_downloads=dict(type="bool", default=True),
+            containerd_namespace=dict(type="str", default="default"),
+            containerd_address=dict(type="path", default="/run/containerd/containerd.sock"),
+            unpack=dict(type="bool", default=True),
         ),
         mutually_exclusive=[("platform", "all_platforms")],
         supports_check_mode=True,
@@ -235,7 +286,9 @@ def main() -> None:
             ref=params["ref"], dest=params["dest"], dest_format=params["format"], platform=params["platform"],
             all_platforms=params["all_platforms"], policy=params["pull"], region=explicit_region(params["region"]),
             max_connections=params["max_concurrent_downloads"], chunk_size=_bytes(params["chunk_size"]),
-            ranged=params["ranged_downloads"], tls_verify=blob_tls_verify(params), check_mode=module.check_mode)
+            ranged=params["ranged_downloads"], tls_verify=blob_tls_verify(params), check_mode=module.check_mode,
+            containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"],
+            unpack=params["unpack"])
         result = pull(options, lambda ref: connect(module, ref))
     except EcrkitError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)

@@ -7,11 +7,11 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: ecr_image_push
-short_description: Push a container image from an OCI layout or an image archive to Amazon ECR
+short_description: Push a container image from containerd, an OCI layout or an image archive to Amazon ECR
 version_added: 0.1.0
 description:
   - Reads an image (a single-platform manifest or a multi-platform index) from an OCI image layout, an
-    OCI archive or a docker-archive, and puts it into an Amazon ECR private repository under one or more
+    OCI archive, a docker-archive or containerd's image store, and puts it into an Amazon ECR private repository under one or more
     tags, through the ECR API only.
   - The source is validated whole before anything is sent; every manifest must parse and every blob it
     references must be present, of the right size and hash to its digest. A broken source fails the task
@@ -44,8 +44,10 @@ options:
     default: []
   src:
     description:
-      - The image to push. With O(src_format=oci), an OCI image layout directory; otherwise an archive file.
-    type: path
+      - The image to push. With O(src_format=oci), an OCI image layout directory; with O(src_format=containerd),
+        the image's name in containerd as C(ctr images ls) shows it (for example C(registry.example/team/app:1.0));
+        otherwise an archive file.
+    type: str
     required: true
   src_format:
     description:
@@ -54,14 +56,18 @@ options:
       - V(docker-archive) is what C(docker save) writes. When the archive carries the image's manifest
         (Docker 25 and later, and the pull module), that exact manifest is pushed; otherwise a Docker
         schema 2 manifest is built from its C(manifest.json), reproducibly, with the layers as stored.
+      - V(containerd) reads the image from containerd's content store through the C(ctr) client shipped with
+        containerd (see O(containerd_namespace)); only the blobs ECR lacks are read, streamed and hashed on the
+        way. containerd holds only the platforms it pulled, so a multi-platform image must have been pulled
+        with every platform.
     type: str
-    choices: [oci, oci-archive, docker-archive]
+    choices: [oci, oci-archive, docker-archive, containerd]
     default: oci
   src_tag:
     description:
       - Which image of the source to push, when it holds several; the C(org.opencontainers.image.ref.name)
         of an OCI layout or archive, or a C(RepoTags) entry (or its tag part) of a docker-archive.
-      - Optional when the source holds exactly one image.
+      - Optional when the source holds exactly one image. Not used with O(src_format=containerd).
     type: str
   create_repository:
     description:
@@ -79,6 +85,7 @@ options:
     type: int
     default: 4
 extends_documentation_fragment:
+  - ecrkit.images.containerd
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
@@ -110,6 +117,14 @@ EXAMPLES = r"""
     ref: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2
     create_repository: true
     image_tag_mutability: IMMUTABLE
+
+- name: Push an image that a build left in containerd
+  ecrkit.images.ecr_image_push:
+    src: registry.example/team/app:1.4.2
+    src_format: containerd
+    containerd_namespace: buildkit
+    ref: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2
+  become: true
 """
 
 RETURN = r"""
@@ -199,12 +214,14 @@ def main() -> None:
         argument_spec=dict(
             ref=dict(type="str", required=True),
             tags=dict(type="list", elements="str", default=[]),
-            src=dict(type="path", required=True),
-            src_format=dict(type="str", default="oci", choices=["oci", "oci-archive", "docker-archive"]),
+            src=dict(type="str", required=True),
+            src_format=dict(type="str", default="oci", choices=["oci", "oci-archive", "docker-archive", "containerd"]),
             src_tag=dict(type="str"),
             create_repository=dict(type="bool", default=False),
             image_tag_mutability=dict(type="str", choices=["MUTABLE", "IMMUTABLE"]),
             max_concurrent_uploads=dict(type="int", default=4),
+            containerd_namespace=dict(type="str", default="default"),
+            containerd_address=dict(type="path", default="/run/containerd/containerd.sock"),
         ),
         supports_check_mode=True,
     )
@@ -214,7 +231,8 @@ def main() -> None:
             ref=params["ref"], src=params["src"], src_format=params["src_format"], src_tag=params["src_tag"],
             tags=params["tags"], create_repository=params["create_repository"],
             image_tag_mutability=params["image_tag_mutability"], region=explicit_region(params["region"]),
-            max_concurrent_uploads=params["max_concurrent_uploads"], check_mode=module.check_mode)
+            max_concurrent_uploads=params["max_concurrent_uploads"], check_mode=module.check_mode,
+            containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"])
         result = push(options, lambda ref: connect(module, ref))
     except EcrkitError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)

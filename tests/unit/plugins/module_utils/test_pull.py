@@ -15,16 +15,18 @@ import time
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import ecr, layout, pull
+from ansible_collections.ecrkit.images.plugins.module_utils import containerd, ecr, layout, pull
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import ManifestError, PlatformNotFoundError
 
-EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
-if EMULATOR_DIR not in sys.path:
-    sys.path.insert(0, EMULATOR_DIR)
+TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
+for sub in ("containerd", "emulator"):
+    if os.path.join(TESTS_DIR, sub) not in sys.path:
+        sys.path.insert(0, os.path.join(TESTS_DIR, sub))
 
 # pylint: disable=wrong-import-position,unused-import,redefined-outer-name
 import sample_images  # noqa: E402
 from fixture import ecr_endpoint, upload_blob  # noqa: E402,F401
+from private_containerd import private_containerd  # noqa: E402,F401
 
 MIB = 1024 * 1024
 
@@ -229,3 +231,132 @@ def test_foreign_layers_are_refused_before_any_download(ecr_endpoint, tmp_path):
     assert "foreign" in str(info.value).lower()
     assert ecr_endpoint.stats()["api_calls"] == {"BatchGetImage": 1}
     assert not (tmp_path / "dest").exists()
+
+
+# containerd -----------------------------------------------------------------------------------------
+
+def into_containerd(endpoint, daemon, tag, staging, **kwargs):
+    kwargs.setdefault("containerd_address", daemon.address)
+    return options(endpoint, tag, staging, dest_format="containerd", **kwargs)
+
+
+def collect_garbage(daemon, some_image):
+    """Make containerd run its garbage collector now: remove a throwaway name with --sync."""
+    daemon.ctr("images", "tag", some_image, "example.test/throwaway:1")
+    daemon.ctr("images", "rm", "--sync", "example.test/throwaway:1")
+
+
+def snapshot_keys(daemon, namespace="default"):
+    return [line.split()[0] for line in daemon.ctr("snapshots", "ls", namespace=namespace).splitlines()[1:]]
+
+
+def test_containerd_pull_then_nothing_to_do(seeded, private_containerd, tmp_path):
+    endpoint, images = seeded
+    staging = tmp_path / "staging"
+    first = run(endpoint, into_containerd(endpoint, private_containerd, "one", staging))
+    repo = f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/team/app"
+    names = [f"{repo}:one", f"{repo}@{images['one'].digest}"]
+    assert first["changed"] and first["format"] == "containerd" and first["digest"] == images["one"].digest
+    assert first["containerd"]["images"] == names and first["containerd"]["unpacked"]
+    assert first["bytes_transferred"] == sum(blob["size"] for blob in first["layers"])
+    assert private_containerd.image_names() == sorted(names)  # the staging name is gone
+    check = private_containerd.ctr("images", "check", f'name=="{names[0]}"')
+    assert "complete (3/3)" in check and check.split()[-1] == "true"
+    assert len(snapshot_keys(private_containerd)) == 2
+    assert not os.listdir(staging)  # staged layers removed once containerd had them
+
+    endpoint.reset_stats()
+    again = run(endpoint, into_containerd(endpoint, private_containerd, "one", staging))
+    assert not again["changed"] and again["bytes_transferred"] == 0 and again["api_calls"] == 1
+    assert {layer["action"] for layer in again["layers"]} == {"present"}
+    assert endpoint.stats()["api_calls_total"] == 1
+
+
+def test_containerd_downloads_only_layers_it_lacks(seeded, private_containerd, tmp_path):
+    endpoint, dummy = seeded
+    run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "staging"))
+    second = run(endpoint, into_containerd(endpoint, private_containerd, "two", tmp_path / "staging"))
+    actions = [layer["action"] for layer in second["layers"]]
+    assert actions.count("present") == 2 and actions.count("downloaded") == 2
+    assert second["bytes_transferred"] == sum(layer["size"] for layer in second["layers"] if layer["action"] == "downloaded")
+
+
+def test_containerd_index_platforms(seeded, private_containerd, tmp_path):
+    endpoint, images = seeded
+    index = images["multi"]
+    amd = run(endpoint, into_containerd(endpoint, private_containerd, "multi", tmp_path / "s"))
+    assert amd["platform"] == "linux/amd64" and amd["digest"] == index.digest
+    client = containerd.connect(private_containerd.address, "default", must_exist=True)
+    assert client.image(amd["containerd"]["images"][0]).digest == index.digest  # the name points at the index
+    arm_child = [image for image in index.manifests if "arm64" in str(image.platform)][0]
+    assert arm_child.digest not in client.content_digests()
+    assert not run(endpoint, into_containerd(endpoint, private_containerd, "multi", tmp_path / "s"))["changed"]
+
+    arm = run(endpoint, into_containerd(endpoint, private_containerd, "multi", tmp_path / "s", platform="linux/arm64/v8"))
+    assert arm["changed"] and arm["platform"] == "linux/arm64/v8" and arm["containerd"]["unpacked"]
+    collect_garbage(private_containerd, amd["containerd"]["images"][0])
+    amd_child = [image for image in index.manifests if "amd64" in str(image.platform)][0]
+    assert {amd_child.digest, amd_child.config.digest} <= client.content_digests()  # the first platform is kept
+    every = run(endpoint, into_containerd(endpoint, private_containerd, "multi", tmp_path / "s", all_platforms=True))
+    assert every["platform"] == "all" and every["bytes_transferred"] == 0  # both platforms were there already
+    assert not run(endpoint, into_containerd(endpoint, private_containerd, "multi", tmp_path / "s", all_platforms=True))["changed"]
+
+
+def test_containerd_unpack_later_downloads_nothing(seeded, private_containerd, tmp_path):
+    endpoint, dummy = seeded
+    private_containerd.ctr("namespaces", "create", "plain")
+    packed = run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", unpack=False,
+                                           containerd_namespace="plain"))
+    assert packed["changed"] and not packed["containerd"]["unpacked"]
+    assert not snapshot_keys(private_containerd, "plain")
+    assert not run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", unpack=False,
+                                             containerd_namespace="plain"))["changed"]
+    unpacked = run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", containerd_namespace="plain"))
+    assert unpacked["changed"] and unpacked["bytes_transferred"] == 0 and unpacked["containerd"]["unpacked"]
+    assert len(snapshot_keys(private_containerd, "plain")) == 2
+
+
+def test_containerd_check_mode_stores_nothing(seeded, private_containerd, tmp_path):
+    endpoint, dummy = seeded
+    planned = run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", check_mode=True))
+    assert planned["changed"] and {layer["action"] for layer in planned["layers"]} == {"download"}
+    assert private_containerd.image_names() == [] and not (tmp_path / "s").exists()
+
+
+def test_containerd_errors_before_any_call(seeded, private_containerd, tmp_path):
+    endpoint, dummy = seeded
+    endpoint.reset_stats()
+    with pytest.raises(containerd.UnknownNamespaceError, match="no namespace 'k8s.io'"):
+        run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", containerd_namespace="k8s.io"))
+    with pytest.raises(containerd.SocketMissingError):
+        run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", containerd_address="/nonexistent.sock"))
+    assert endpoint.stats()["api_calls_total"] == 0
+
+
+def test_containerd_interrupted_pull_keeps_its_blobs_from_gc_and_resumes(seeded, private_containerd, tmp_path, monkeypatch):
+    """Killed after ingesting one blob: containerd's garbage collector keeps it (the staging name's
+    labels reference it), nothing is named after the image yet, and the next run finishes the job."""
+    endpoint, images = seeded
+    real_ingest = containerd.Containerd.ingest
+    calls = []
+
+    def ingest_once_then_die(self, path, digest, size):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(digest)
+        real_ingest(self, path, digest, size)
+
+    monkeypatch.setattr(containerd.Containerd, "ingest", ingest_once_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s"))
+    monkeypatch.setattr(containerd.Containerd, "ingest", real_ingest)
+    staging_name = containerd.staging_name(images["one"].digest)
+    assert private_containerd.image_names() == [staging_name]
+    collect_garbage(private_containerd, staging_name)
+    assert calls[0] in containerd.connect(private_containerd.address, "default", must_exist=True).content_digests()
+
+    endpoint.reset_stats()
+    again = run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s"))
+    assert again["changed"] and again["bytes_transferred"] == 0  # the other blobs were staged already
+    assert private_containerd.image_names() == sorted(again["containerd"]["images"])
+    assert not os.listdir(tmp_path / "s")

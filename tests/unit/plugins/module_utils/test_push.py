@@ -15,16 +15,18 @@ import tarfile
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import archive, ecr, layout, manifest, pull, push
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, ecr, layout, manifest, pull, push
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidOptionError, InvalidReferenceError
 
-EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
-if EMULATOR_DIR not in sys.path:
-    sys.path.insert(0, EMULATOR_DIR)
+TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
+for sub in ("containerd", "emulator"):
+    if os.path.join(TESTS_DIR, sub) not in sys.path:
+        sys.path.insert(0, os.path.join(TESTS_DIR, sub))
 
 # pylint: disable=wrong-import-position,unused-import,redefined-outer-name
 import sample_images  # noqa: E402
 from fixture import ecr_endpoint  # noqa: E402,F401
+from private_containerd import private_containerd  # noqa: E402,F401
 
 MIB = 1024 * 1024
 
@@ -309,3 +311,81 @@ def test_umoci_layout(ecr_endpoint, tmp_path):
     result = run(ecr_endpoint, source, src_tag="1.0")
     assert result["changed"]
     assert ecr_tag(ecr_endpoint, "1.0")[0] == result["digest"]
+
+
+# containerd as the source -------------------------------------------------------------------------
+
+@pytest.fixture
+def in_containerd(ecr_endpoint, private_containerd, tmp_path):
+    """Images pulled from the endpoint into the private containerd: a single-platform one and an index
+    with only the host's platform."""
+    source = str(tmp_path / "src")
+    client = ecr_endpoint.client()
+    single = sample_images.build_random_image(source, "one", count=2, size=3 * MIB, seed="c")
+    multi = sample_images.build_demo_image(source, "multi", platforms=["linux/amd64", "linux/arm64/v8"])
+    names = {}
+    for tag, image in (("one", single), ("multi", multi)):
+        sample_images.push_image(client, image, "team/origin", create_repository=True)
+        options = pull.PullOptions.from_params(ref=ref_for(ecr_endpoint, tag, "team/origin"), dest=str(tmp_path / "staging"),
+                                               dest_format="containerd", containerd_address=private_containerd.address)
+        result = pull.pull(options, lambda ref: ecr.EcrRepository(ecr_endpoint.client(), ref, ecr.RetryPolicy(attempts=2)))
+        names[tag] = result["containerd"]["images"][0]
+    return ecr_endpoint, private_containerd, names, {"one": single, "multi": multi}
+
+
+def from_containerd(endpoint, daemon, name, tag, **kwargs):
+    kwargs.setdefault("containerd_address", daemon.address)
+    return run(endpoint, name, tag, src_format="containerd", repository="team/copy", **kwargs)
+
+
+def test_containerd_round_trip_is_byte_identical(in_containerd):
+    endpoint, daemon, names, images = in_containerd
+    pushed = from_containerd(endpoint, daemon, names["one"], "one")
+    assert pushed["changed"] and pushed["digest"] == images["one"].digest
+    assert {layer["action"] for layer in pushed["layers"]} == {"uploaded"}
+    assert ecr_tag(endpoint, "one", "team/copy") == (images["one"].digest, images["one"].manifest_bytes)
+    endpoint.reset_stats()
+    again = from_containerd(endpoint, daemon, names["one"], "one")
+    assert not again["changed"] and again["api_calls"] == 1 and again["bytes_transferred"] == 0
+
+
+def test_containerd_source_uploads_only_what_ecr_lacks(in_containerd):
+    endpoint, daemon, names, images = in_containerd
+    sample_images.push_image(endpoint.client(), images["one"], "team/copy", tags=["older"], create_repository=True)  # ECR has the layers already
+    pushed = from_containerd(endpoint, daemon, names["one"], "one")
+    assert pushed["changed"] and pushed["bytes_transferred"] == 0
+    assert {layer["action"] for layer in pushed["layers"]} == {"present"}
+
+
+def test_containerd_partial_index_is_refused_clearly(in_containerd):
+    endpoint, daemon, names, dummy = in_containerd
+    endpoint.reset_stats()
+    with pytest.raises(push.SourceError, match="containerd keeps only the platforms it pulled"):
+        from_containerd(endpoint, daemon, names["multi"], "multi")
+    assert endpoint.stats()["api_calls_total"] == 0
+
+
+def test_containerd_unknown_image_and_namespace(in_containerd):
+    endpoint, daemon, names, dummy = in_containerd
+    with pytest.raises(containerd.UnknownImageError, match="containerd has no image named 'example.test/nope:1' in namespace 'default'"):
+        from_containerd(endpoint, daemon, "example.test/nope:1", "x")
+    with pytest.raises(containerd.UnknownNamespaceError, match="no namespace 'k8s.io'"):
+        from_containerd(endpoint, daemon, names["one"], "x", containerd_namespace="k8s.io")
+    with pytest.raises(InvalidOptionError, match="src_tag does not apply"):
+        from_containerd(endpoint, daemon, names["one"], "x", src_tag="one")
+
+
+def test_containerd_blob_that_does_not_hash_is_never_accepted(in_containerd):
+    """A layer damaged on containerd's disk is caught while it streams, before CompleteLayerUpload."""
+    endpoint, daemon, names, images = in_containerd
+    layer = images["one"].layers[0]
+    path = os.path.join(daemon.root, "io.containerd.content.v1.content", "blobs", "sha256", layer.digest.split(":")[1])
+    with open(path, "r+b") as handle:
+        handle.seek(layer.size // 2)
+        byte = handle.read(1)
+        handle.seek(layer.size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(push.SourceError, match=f"The blob {layer.digest} in containerd namespace 'default' does not hash"):
+        from_containerd(endpoint, daemon, names["one"], "one")
+    available = endpoint.client().batch_check_layer_availability(repositoryName="team/copy", layerDigests=[layer.digest])
+    assert available["layers"][0]["layerAvailability"] == "UNAVAILABLE"

@@ -1,0 +1,331 @@
+# Copyright: Contributors to the ecrkit.images project
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""containerd's image and content stores, through containerd's own ``ctr`` client.
+
+Why ``ctr`` and not the gRPC API from Python: ``ctr`` ships with every containerd package, is built
+from the same source as the daemon it talks to (so its API version always matches), and needs no
+Python dependency on the managed host; the Python gRPC bindings for containerd on PyPI are thin,
+generated and unmaintained, and would add grpcio (a compiled wheel) to every fleet host. What ``ctr``
+offers is enough to do the job without ever staging a whole image in a tarball:
+
+- ``content ls -q`` says which blobs containerd has; only the others are downloaded;
+- ``content ingest --expected-digest --expected-size`` stores one downloaded blob, which containerd
+  checks against its digest before committing it;
+- ``images import`` of an archive holding only the manifests (a few KiB) creates or moves the image
+  names and sets containerd's garbage-collection labels from the manifests to their blobs, and
+  unpacks the layers (already in the content store) into snapshots;
+- ``content get`` streams a blob out, for a push.
+
+containerd may garbage-collect content that nothing references. So before any blob is ingested, the
+manifests are imported under a staging name (:data:`STAGING_REPOSITORY`), whose GC labels already
+reference the blobs still to come; the final names are created once every blob is in, then the
+staging name is removed. An interrupted pull leaves the staging name holding what it stored, and
+the next run picks up from there. An index keeps references to all its platforms' manifests
+(:func:`index_labels`), so pulling a second platform never lets containerd collect the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from typing import IO, ContextManager, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+
+DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
+DEFAULT_NAMESPACE = "default"
+STAGING_REPOSITORY = "ecrkit.invalid/staging"
+IMAGE_NAME_ANNOTATION = "io.containerd.image.name"
+CONNECT_TIMEOUT = "10s"
+COMMAND_TIMEOUT = 3600.0  # seconds; an ingest of a large layer from local disk
+_STDERR_LIMIT = 2000
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+
+
+class ContainerdError(EcrkitError):
+    """containerd cannot be used, or refused a command."""
+
+    code = "containerd_error"
+
+
+class CtrNotFoundError(ContainerdError):
+    code = "containerd_not_installed"
+
+
+class SocketMissingError(ContainerdError):
+    code = "containerd_socket_missing"
+
+
+class SocketPermissionError(ContainerdError):
+    code = "containerd_permission_denied"
+
+
+class UnknownNamespaceError(ContainerdError):
+    code = "containerd_unknown_namespace"
+
+
+class UnknownImageError(ContainerdError):
+    code = "containerd_unknown_image"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An entry of containerd's image store: a name pointing at a manifest or index."""
+
+    name: str
+    media_type: str
+    digest: str
+
+
+class Containerd:
+    """One containerd namespace, reached through ``ctr`` at ``address``."""
+
+    def __init__(self, address: str, namespace: str, executable: str) -> None:
+        self.address = address
+        self.namespace = namespace
+        self.executable = executable
+        self.commands = 0  # ctr invocations, for the result and the tests
+
+    # -- running ctr ---------------------------------------------------------------------------
+
+    def _argv(self, args: Sequence[str]) -> List[str]:
+        return [self.executable, "--address", self.address, "--connect-timeout", CONNECT_TIMEOUT,
+                "--namespace", self.namespace, *args]
+
+    def run(self, *args: str, stdin: Optional[IO[bytes]] = None, data: Optional[bytes] = None) -> bytes:
+        """Run one ctr command; its standard output, or ContainerdError in the operator's terms."""
+        self.commands += 1
+        try:
+            done = subprocess.run(self._argv(args), input=data, stdin=stdin if data is None else None,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=COMMAND_TIMEOUT,
+                                  check=False)
+        except OSError as exc:
+            raise CtrNotFoundError(f"containerd's client {self.executable} could not be run ({exc.strerror}); "
+                                   "check the containerd installation.") from None
+        except subprocess.TimeoutExpired:
+            raise ContainerdError(f"'ctr {args[0]} {args[1] if len(args) > 1 else ''}' did not finish within "
+                                  f"{COMMAND_TIMEOUT:.0f} s; check that containerd at {self.address} is healthy.") from None
+        if done.returncode != 0:
+            raise self._failure(args, done.stderr)
+        return done.stdout
+
+    def _failure(self, args: Sequence[str], stderr: bytes) -> ContainerdError:
+        text = stderr.decode("utf-8", "replace").strip()[:_STDERR_LIMIT]
+        lowered = text.lower()
+        if "permission denied" in lowered:
+            return SocketPermissionError(
+                f"Permission denied on the containerd socket {self.address}; run the task as root "
+                "(become: true) or as a user allowed to use that socket.")
+        if "connection refused" in lowered or "failed to dial" in lowered or "no such file" in lowered:
+            return ContainerdError(f"containerd is not answering on {self.address} ({_last_line(text)}); "
+                                   "check that it is running, or set containerd_address to its socket.")
+        command = " ".join(arg for arg in args if not arg.startswith("-"))[:80]
+        return ContainerdError(f"containerd refused 'ctr {command}' in namespace '{self.namespace}': {_last_line(text)}")
+
+    @contextlib.contextmanager
+    def _stream(self, *args: str) -> Iterator[IO[bytes]]:
+        """A running ctr command's standard output, read as a stream; its failure raised at the end."""
+        self.commands += 1
+        try:
+            process = subprocess.Popen(self._argv(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise CtrNotFoundError(f"containerd's client {self.executable} could not be run ({exc.strerror}); "
+                                   "check the containerd installation.") from None
+        stdout = process.stdout
+        stderr = process.stderr
+        if stdout is None or stderr is None:  # pragma: no cover - PIPE always gives both
+            raise ContainerdError("ctr's output could not be read.")
+        try:
+            yield stdout
+            leftover = stdout.read(1)  # the caller read the whole blob: ctr has nothing more to send
+        except BaseException:
+            process.kill()
+            process.wait()
+            stdout.close()
+            stderr.close()
+            raise
+        errors = stderr.read()
+        code = process.wait()
+        stdout.close()
+        stderr.close()
+        if code != 0:
+            raise self._failure(args, errors)
+        if leftover:
+            raise ContainerdError(f"containerd sent more bytes than expected for 'ctr {' '.join(args)}'.")
+
+    # -- namespaces and images -----------------------------------------------------------------
+
+    def namespaces(self) -> List[str]:
+        return self.run("namespaces", "ls", "-q").decode("utf-8", "replace").split()
+
+    def image(self, name: str) -> Optional[ImageRecord]:
+        """The image named exactly ``name``, or None."""
+        output = self.run("images", "ls", f'name=="{name}"').decode("utf-8", "replace")
+        for line in output.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == name:
+                return ImageRecord(name=fields[0], media_type=fields[1], digest=fields[2])
+        return None
+
+    def image_names(self) -> List[str]:
+        return self.run("images", "ls", "-q").decode("utf-8", "replace").split()
+
+    def remove_images(self, names: Sequence[str]) -> None:
+        if names:
+            self.run("images", "rm", *names)
+
+    def import_manifests(self, names: Sequence[str], top: Tuple[str, str, bytes], documents: Sequence[Tuple[str, bytes]],
+                         unpack: bool, platform: Optional[str], all_platforms: bool) -> None:
+        """Create (or move) ``names`` to point at ``top`` (media type, digest, bytes), from an archive that
+        holds only the manifests; their configs and layers must be in the content store for ``unpack``.
+
+        ``platform`` picks the manifest of an index that is labelled and unpacked; with
+        ``all_platforms`` every manifest is labelled (and the host's one unpacked).
+        """
+        args = ["images", "import"]
+        if all_platforms:
+            args.append("--all-platforms")
+        elif platform:
+            args += ["--platform", platform]
+        if not unpack:
+            args.append("--no-unpack")
+        self.run(*args, "-", data=manifests_archive(names, top, documents))
+
+    # -- content -------------------------------------------------------------------------------
+
+    def content_digests(self) -> Set[str]:
+        return set(self.run("content", "ls", "-q").decode("utf-8", "replace").split())
+
+    def read_blob(self, digest: str, max_size: int) -> bytes:
+        """A small blob (manifest, config), checked against its digest."""
+        with self._stream("content", "get", digest) as stream:
+            data = stream.read(max_size + 1)
+            if len(data) > max_size:
+                raise ContainerdError(f"The blob {digest} in containerd is larger than {max_size} bytes; it is not a manifest or config.")
+            stream.read()
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise ContainerdError(f"containerd returned bytes for {digest} that do not hash to it; check its content store.")
+        return data
+
+    def open_blob(self, digest: str) -> ContextManager[IO[bytes]]:
+        """A blob's bytes as a stream (the caller verifies what it reads)."""
+        return self._stream("content", "get", digest)
+
+    def ingest(self, path: str, digest: str, size: int) -> None:
+        """Store the file at ``path`` as ``digest``; containerd refuses it unless size and digest match.
+
+        Each attempt has its own ingest key: containerd resumes a key's earlier, failed ingest at its
+        offset, so reusing one would commit the old attempt's bytes again (and fail again).
+        """
+        key = f"ecrkit-{digest}-{os.getpid()}-{secrets.token_hex(4)}"
+        with open(path, "rb") as handle:
+            self.run("content", "ingest", "--expected-size", str(size), "--expected-digest", digest, key, stdin=handle)
+
+    def label_blob(self, digest: str, labels: Dict[str, str]) -> None:
+        """Set ``labels`` on a blob (other labels are kept)."""
+        self.run("content", "label", digest, *(f"{key}={value}" for key, value in sorted(labels.items())))
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def has_snapshot(self, key: str) -> bool:
+        try:
+            self.run("snapshots", "info", key)
+        except ContainerdError as exc:
+            if "not found" in str(exc) or "does not exist" in str(exc):
+                return False
+            raise
+        return True
+
+
+def connect(address: str, namespace: str, must_exist: bool, executable: Optional[str] = None) -> Containerd:
+    """Check that containerd can be used at ``address`` and that ``namespace`` exists (unless
+    ``must_exist`` is false and it is containerd's ``default``, which containerd creates on first use)."""
+    if not namespace or not _NAMESPACE_RE.match(namespace):
+        raise UnknownNamespaceError(f"'{namespace}' is not a valid containerd namespace name (letters, digits, '.', '_' and '-').")
+    found = executable or shutil.which("ctr")
+    if not found:
+        raise CtrNotFoundError("containerd's client 'ctr' was not found on PATH; install containerd "
+                               "(its package ships ctr) on this host.")
+    try:
+        os.stat(address)
+    except PermissionError:  # a directory on the way is closed to this user
+        raise SocketPermissionError(f"Permission denied on the way to the containerd socket {address}; run the task as "
+                                    "root (become: true) or as a user allowed to use that socket.") from None
+    except OSError:
+        raise SocketMissingError(f"There is no containerd socket at {address}; start containerd, or set "
+                                 "containerd_address to the socket it listens on.") from None
+    if not os.access(address, os.R_OK | os.W_OK):
+        raise SocketPermissionError(f"Permission denied on the containerd socket {address}; run the task as root "
+                                    "(become: true) or as a user allowed to use that socket.")
+    client = Containerd(address, namespace, found)
+    known = client.namespaces()
+    if namespace not in known and (must_exist or namespace != DEFAULT_NAMESPACE):
+        raise UnknownNamespaceError(
+            f"containerd at {address} has no namespace '{namespace}' (it has: {', '.join(known) or 'none'}); "
+            f"check containerd_namespace, or create it with 'ctr namespaces create {namespace}'.")
+    return client
+
+
+def manifests_archive(names: Sequence[str], top: Tuple[str, str, bytes], documents: Sequence[Tuple[str, bytes]]) -> bytes:
+    """An OCI archive holding only ``top`` and ``documents`` (digest, bytes), with one ``index.json``
+    entry per name, named by containerd's image-name annotation."""
+    media_type, digest, raw = top
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": media_type, "digest": digest, "size": len(raw),
+                            "annotations": {IMAGE_NAME_ANNOTATION: name}} for name in names]}
+    members = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+               ("index.json", json.dumps(index, sort_keys=True).encode("utf-8"))]
+    seen = set()
+    for blob_digest, data in [(digest, raw), *documents]:
+        if blob_digest not in seen:
+            seen.add(blob_digest)
+            members.append(("blobs/" + blob_digest.replace(":", "/", 1), data))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def index_labels(children: Sequence[str]) -> Dict[str, str]:
+    """Garbage-collection references from an index to every child manifest, under keys of our own.
+
+    ``ctr images import --platform P`` labels an index with its platform-P child only, replacing the
+    ``gc.ref.content.m.N`` label an earlier pull of another platform set: containerd would then
+    collect that platform's content. These keys are not touched by an import.
+    """
+    return {f"containerd.io/gc.ref.content.ecrkit.m.{number}": digest for number, digest in enumerate(children)}
+
+
+def chain_ids(diff_ids: Sequence[str]) -> List[str]:
+    """The chain ID of each layer (OCI image spec): the keys containerd gives committed snapshots."""
+    chain: List[str] = []
+    for diff_id in diff_ids:
+        if not chain:
+            chain.append(diff_id)
+        else:
+            chain.append("sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode("ascii")).hexdigest())
+    return chain
+
+
+def staging_name(digest: str) -> str:
+    """The name that holds an image's content while a pull is in progress."""
+    return f"{STAGING_REPOSITORY}:{digest.replace(':', '-')}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else "no error output"
+    return line[4:].strip() if line.startswith("ctr:") else line
