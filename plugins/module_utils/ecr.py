@@ -40,7 +40,8 @@ class EcrApiError(EcrkitError):
     """An ECR API call failed in a way the operator has to act on.
 
     ``aws_code`` is ECR's error code (empty when the call never got an answer), for callers that treat
-    some codes as outcomes rather than failures.
+    some codes as outcomes rather than failures; ``last_valid_byte`` is the ``lastValidByteReceived`` of
+    an ``InvalidLayerPartException``.
     """
 
     code = "ecr_api_error"
@@ -48,6 +49,7 @@ class EcrApiError(EcrkitError):
     def __init__(self, message: str, aws_code: str = "") -> None:
         super().__init__(message)
         self.aws_code = aws_code
+        self.last_valid_byte: int | None = None
 
 
 class RepositoryNotFoundError(EcrApiError):
@@ -179,6 +181,8 @@ class EcrRepository:
         """One sentence for the operator about a failed call; never the exception's repr."""
         error = self._translate(operation, exc, retries)
         error.aws_code = error_code(exc)
+        if isinstance(exc, ClientError) and isinstance(exc.response.get("lastValidByteReceived"), int):
+            error.last_valid_byte = exc.response["lastValidByteReceived"]
         return error
 
     def _translate(self, operation: str, exc: BaseException, retries: int) -> EcrApiError:
@@ -314,9 +318,19 @@ class EcrRepository:
         return str(answer["uploadId"]), int(answer["partSize"])
 
     def upload_layer_part(self, upload_id: str, first: int, last: int, data: bytes) -> None:
-        """UploadLayerPart of the bytes ``first``..``last`` (inclusive)."""
-        self.call("upload_layer_part", **self._params(uploadId=upload_id, partFirstByte=first, partLastByte=last,
-                                                      layerPartBlob=data))
+        """UploadLayerPart of the bytes ``first``..``last`` (inclusive).
+
+        A retry of a part whose first attempt ECR did receive (the answer was lost) meets
+        ``InvalidLayerPartException`` with ``lastValidByteReceived`` at the part's last byte: the part is
+        in, and CompleteLayerUpload still checks every byte against the layer's digest.
+        """
+        try:
+            self.call("upload_layer_part", **self._params(uploadId=upload_id, partFirstByte=first, partLastByte=last,
+                                                          layerPartBlob=data))
+        except EcrApiError as exc:
+            if exc.aws_code == "InvalidLayerPartException" and exc.last_valid_byte == last:
+                return
+            raise
 
     def complete_layer_upload(self, upload_id: str, digest: str) -> bool:
         """CompleteLayerUpload; True when the layer was stored, False when ECR already had it
@@ -326,6 +340,8 @@ class EcrRepository:
         except EcrApiError as exc:
             if exc.aws_code == "LayerAlreadyExistsException":
                 return False
+            if exc.aws_code == "UploadNotFoundException" and not self.missing_blobs([digest]):
+                return False  # a retry after a lost answer: the first attempt completed the upload
             if exc.aws_code == "InvalidLayerException":
                 raise EcrApiError(f"ECR refused the layer {digest} in {self._where}: the uploaded bytes do not hash to it "
                                   "(the source changed during the upload?).", exc.aws_code) from None

@@ -12,6 +12,10 @@ A fault spec is ``KIND[:key=value[,key=value...]]``:
     access-denied:every=N[,count=C][,ops=...][,rate=P,seed=S]
         the same, answered 400 AccessDeniedException, as IAM denies an action
         (e.g. access-denied:every=1,ops=GetDownloadUrlForLayer).
+    lost-response:every=N[,count=C][,ops=...][,rate=P,seed=S]
+        the call is carried out, then answered 500 ServerException, as when
+        the answer is lost after the service acted (the client retries a
+        call that already took effect).
     drop-blob:after=BYTES[,count=C][,digest=D]
         a blob GET response is cut (connection closed) after BYTES bytes of its
         body; only responses longer than BYTES qualify.  count defaults to 1.
@@ -34,7 +38,7 @@ import random
 import threading
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
-API_FAULTS = ('throttle', 'server-error', 'access-denied')
+API_FAULTS = ('throttle', 'server-error', 'access-denied', 'lost-response')
 BLOB_FAULTS = ('drop-blob', 'corrupt-blob', 'stall-blob')
 
 # kind -> {parameter: parser name}
@@ -42,6 +46,7 @@ PARAMETERS = {
     'throttle': {'every': 'int', 'rate': 'float', 'count': 'int', 'ops': 'ops', 'seed': 'int'},
     'server-error': {'every': 'int', 'rate': 'float', 'count': 'int', 'ops': 'ops', 'seed': 'int'},
     'access-denied': {'every': 'int', 'rate': 'float', 'count': 'int', 'ops': 'ops', 'seed': 'int'},
+    'lost-response': {'every': 'int', 'rate': 'float', 'count': 'int', 'ops': 'ops', 'seed': 'int'},
     'drop-blob': {'after': 'bytes', 'count': 'int', 'digest': 'str'},
     'corrupt-blob': {'offset': 'bytes', 'seed': 'int', 'count': 'int', 'digest': 'str'},
     'stall-blob': {'after': 'bytes', 'seconds': 'float', 'count': 'int', 'digest': 'str'},

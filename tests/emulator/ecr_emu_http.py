@@ -297,7 +297,8 @@ class Handler(BaseHTTPRequestHandler):
                 if fault == 'access-denied':
                     raise ApiError('AccessDeniedException', f'User: arn:aws:iam::{app.account_id}:user/ecrkit-test is not '
                                    f'authorized to perform: ecr:{name} because no identity-based policy allows the ecr:{name} action')
-                raise ApiError('ServerException', 'We encountered an internal error. Please try again.', 500)
+                if fault != 'lost-response':
+                    raise ApiError('ServerException', 'We encountered an internal error. Please try again.', 500)
             if not known:
                 raise ApiError('UnknownOperationException', f"Unknown operation {target or '(no X-Amz-Target header)'}")
             try:
@@ -307,6 +308,8 @@ class Handler(BaseHTTPRequestHandler):
             params = validate_request(operation, doc)
             ctx = RequestContext(credential.region, app.account_id, self._base_url())
             result = app.ops.dispatch(operation, ctx, params)
+            if fault == 'lost-response':  # carried out, but the client never learns it
+                raise ApiError('ServerException', 'We encountered an internal error. Please try again.', 500)
         except ApiError as err:
             self._api_error(name, err, started, request_id)
             return

@@ -87,6 +87,16 @@ def test_server_error_for_one_operation(ecr_endpoint):
     assert ecr_endpoint.faults()[0]['fired'] == 1
 
 
+def test_lost_response_acts_then_answers_500(ecr_endpoint):
+    client = ecr_endpoint.client()
+    ecr_endpoint.set_faults({'kind': 'lost-response', 'every': 1, 'count': 1, 'ops': ['CreateRepository']})
+    with pytest.raises(client.exceptions.ServerException):
+        client.create_repository(repositoryName='made')
+    assert [repo['repositoryName'] for repo in client.describe_repositories()['repositories']] == ['made']
+    with pytest.raises(client.exceptions.RepositoryAlreadyExistsException):
+        client.create_repository(repositoryName='made')  # what a client's retry meets
+
+
 def test_drop_blob(ecr_endpoint):
     url = _blob_url(ecr_endpoint)
     ecr_endpoint.set_faults('drop-blob:after=1000')

@@ -104,6 +104,19 @@ def test_large_layer_goes_in_ordered_parts(ecr_endpoint, tmp_path):
     assert ecr_endpoint.api_calls("UploadLayerPart") == 3 + 1  # 45 MiB in 20 MiB parts, and the config
 
 
+@pytest.mark.parametrize("operation", ["UploadLayerPart", "CompleteLayerUpload", "PutImage", "InitiateLayerUpload"])
+def test_a_lost_answer_is_retried_to_success(ecr_endpoint, tmp_path, operation):
+    """ECR carried the call out but the answer was lost (500): the retry meets the call's effect
+    (InvalidLayerPartException at the part's last byte, UploadNotFoundException, ImageAlreadyExists...)
+    and the push still completes, byte for byte."""
+    image = sample_images.build_random_image(str(tmp_path / "src"), "1.0", count=1, size=12 * MIB, seed="lost")
+    ecr_endpoint.set_faults({"kind": "lost-response", "every": 1, "count": 1, "ops": [operation]})
+    pushed = run(ecr_endpoint, str(tmp_path / "src"))
+    assert pushed["changed"] and pushed["retries"] >= 1
+    assert ecr_endpoint.stats()["faults_fired"] == {"lost-response": 1}
+    assert ecr_tag(ecr_endpoint, "1.0") == (image.digest, image.manifest_bytes)
+
+
 def test_check_mode_reports_without_uploading(ecr_endpoint, built):
     source, image = built
     result = run(ecr_endpoint, source, tags=["latest"], check_mode=True)
