@@ -75,6 +75,10 @@ _KEY_VALUE_RE = re.compile(
     r"(?P<sep>(?:[\"']?[ \t]*=|[\"']?[ \t]*:[ \t]|[\"'][ \t]*:)[ \t]*(?:b?(?P<quote>[\"']))?)",
     re.IGNORECASE,
 )
+# A header line of a SigV4 canonical request ("x-amz-security-token:VALUE", no space), as AWS quotes the
+# canonical string in an InvalidSignatureException: these header names never stand for anything else.
+_CANONICAL_HEADER_RE = re.compile(r"(?P<key>(?<![A-Za-z0-9/_.-])(?:x-amz-security-token|authorization):)(?P<value>[^\s\"'<>]+)",
+                                  re.IGNORECASE)
 # An unquoted value ends at whitespace or a character that separates fields.
 _UNQUOTED_VALUE_RE = re.compile(r"[^\s&\"',;)}\]>]+")
 # An unquoted Authorization header value has spaces in it: it runs to the end of the line.
@@ -140,7 +144,9 @@ def redact(text: str) -> str:
       ``aws_session_token``, ``aws_security_token``, ``SecretAccessKey``, ``SessionToken``,
       ``X-Amz-Security-Token``, ``X-Amz-Signature``, ``X-Amz-Credential``, ``Signature``,
       ``AWSAccessKeyId``, ``authorizationToken`` (ECR's registry password), ``password``, and
-      ``Authorization`` (whose unquoted value runs to the end of the line, as a SigV4 header does).
+      ``Authorization`` (whose unquoted value runs to the end of the line, as a SigV4 header does);
+    - the value of an ``x-amz-security-token:`` or ``authorization:`` line of a SigV4 canonical request
+      (no space after the colon), which AWS quotes in signature-mismatch errors.
 
     Not covered: a secret that appears with no name beside it (a bare token in free text), and
     access key IDs on their own (AWS does not treat them as secret).
@@ -152,6 +158,7 @@ def redact(text: str) -> str:
         text = str(text)
     text = _QUERY_RE.sub(_redact_query, text)
     text = _USERINFO_RE.sub(lambda match: match.group("prefix") + REDACTED + "@", text)
+    text = _CANONICAL_HEADER_RE.sub(lambda match: match.group("key") + REDACTED, text)
     return _mask_values(text)
 
 

@@ -224,3 +224,19 @@ def test_storage_errors_say_where_and_what_to_do(code, kind, words):
     assert type(error) is kind  # pylint: disable=unidiomatic-typecheck
     assert "/data/blobs/x.partial" in str(error) and words in str(error)
     assert error.path == "/data/blobs/x.partial"
+
+
+def test_redact_canonical_request_quoted_in_a_signature_error():
+    """AWS quotes the canonical request in InvalidSignatureException; its token header has no space."""
+    message = ("The request signature we calculated does not match the signature you provided.\n\n"
+               "The Canonical String for this request should have been\n'POST\n/\n\n"
+               "content-type:application/x-amz-json-1.1\nhost:api.ecr.us-east-1.amazonaws.com\n"
+               "x-amz-date:20261129T000000Z\nx-amz-security-token:IQoJb3JpZ2luX2VjEXAMPLE/TOKEN+abc=\n"
+               "x-amz-target:AmazonEC2ContainerRegistry_V20150921.BatchGetImage\n\n"
+               "content-type;host;x-amz-date;x-amz-security-token;x-amz-target\n'")
+    out = redact(message)
+    assert "IQoJb3JpZ2luX2VjEXAMPLE" not in out
+    assert "x-amz-security-token:<redacted>\n" in out
+    assert "content-type;host;x-amz-date;x-amz-security-token;x-amz-target" in out  # the signed-header list stays
+    assert redact("Authorization:AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=abc").count("abc") == 0
+    assert redact("team/authorization:1.2") == "team/authorization:1.2"  # a repository path stays readable
