@@ -433,7 +433,7 @@ class _MemberReader(io.RawIOBase):
             return 0
         data = os.pread(self._fd, want, self._offset + self._pos)
         if not data:
-            raise ArchiveFormatError(f"The archive member {self.name} is truncated.")
+            raise ArchiveFormatError(f"The archive member {_shown(self.name)} is truncated.")
         buffer[:len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -455,14 +455,24 @@ class _MemberReader(io.RawIOBase):
         super().close()
 
 
+_MAX_SHOWN_NAME = 200
+
+
+def _shown(name: str) -> str:
+    """A member name or link target (hostile text) for a message: on one line, control characters and
+    undecodable bytes escaped, a very long one cut short."""
+    text = name if name.isprintable() else name.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= _MAX_SHOWN_NAME else f"{text[:_MAX_SHOWN_NAME]}...({len(name)} characters)"
+
+
 def _normalise(name: str, archive: str) -> str:
     if "\x00" in name:
         raise UnsafeArchiveError(f"The archive {archive} has a member name with a NUL byte; it is refused.")
     if name.startswith("/"):
-        raise UnsafeArchiveError(f"The archive {archive} has a member with an absolute path ({name}); it is refused.")
+        raise UnsafeArchiveError(f"The archive {archive} has a member with an absolute path ({_shown(name)}); it is refused.")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchiveError(f"The archive {archive} has a member whose path leaves the archive ({name}); it is refused.")
+        raise UnsafeArchiveError(f"The archive {archive} has a member whose path leaves the archive ({_shown(name)}); it is refused.")
     return "/".join(parts)
 
 
@@ -551,24 +561,25 @@ class TarArchive:
         if not name:
             return  # the "./" entry of the root itself
         if name in members:
-            raise UnsafeArchiveError(f"The archive {self.path} holds {name} more than once; it is refused.")
+            raise UnsafeArchiveError(f"The archive {self.path} holds {_shown(name)} more than once; it is refused.")
         target = None
         if info.isreg() and not info.issparse():
             kind = "file"
             if info.offset_data + info.size > total:
-                raise ArchiveFormatError(f"The archive {self.path} is truncated: member {name} ends past the end of the file.")
+                raise ArchiveFormatError(f"The archive {self.path} is truncated: member {_shown(name)} ends past the end of the file.")
         elif info.isdir():
             kind = "dir"
         elif info.issym() or info.islnk():
             kind = "link"
             if info.linkname.startswith("/"):
-                raise UnsafeArchiveError(f"The archive {self.path} has a link {name} to an absolute path ({info.linkname}); it is refused.")
+                raise UnsafeArchiveError(f"The archive {self.path} has a link {_shown(name)} to an absolute path ({_shown(info.linkname)}); it is refused.")
             base = posixpath.dirname(name) if info.issym() else ""
             target = posixpath.normpath(posixpath.join(base, info.linkname)) if info.linkname else ""
             if target in ("", ".") or target == ".." or target.startswith("../"):
-                raise UnsafeArchiveError(f"The archive {self.path} has a link {name} pointing outside the archive ({info.linkname}); it is refused.")
+                raise UnsafeArchiveError(
+                    f"The archive {self.path} has a link {_shown(name)} pointing outside the archive ({_shown(info.linkname)}); it is refused.")
         else:
-            raise UnsafeArchiveError(f"The archive {self.path} has a member {name} that is a device, FIFO or sparse file; an image archive never does.")
+            raise UnsafeArchiveError(f"The archive {self.path} has a member {_shown(name)} that is a device, FIFO or sparse file; an image archive never does.")
         members[name] = _Member(name, kind, info.size if kind == "file" else 0, info.offset_data, target)
 
     def _resolve(self, name: str, any_kind: bool = False) -> _Member:
@@ -578,15 +589,15 @@ class TarArchive:
             member = self._members.get(current)
             if member is None:
                 if seen:
-                    raise ArchiveFormatError(f"The link {seen[0]} in {self.path} points to {current}, which is not in the archive.")
-                raise ArchiveFormatError(f"The archive {self.path} has no member {name}.")
+                    raise ArchiveFormatError(f"The link {_shown(seen[0])} in {self.path} points to {_shown(current)}, which is not in the archive.")
+                raise ArchiveFormatError(f"The archive {self.path} has no member {_shown(name)}.")
             if member.kind != "link":
                 if member.kind != "file" and not any_kind:
-                    raise ArchiveFormatError(f"{name} in the archive {self.path} is not a file.")
+                    raise ArchiveFormatError(f"{_shown(name)} in the archive {self.path} is not a file.")
                 return member
             seen.append(current)
             current = str(member.target)
-        raise ArchiveFormatError(f"The link {name} in {self.path} is part of a loop or a chain longer than {MAX_LINK_HOPS}.")
+        raise ArchiveFormatError(f"The link {_shown(name)} in {self.path} is part of a loop or a chain longer than {MAX_LINK_HOPS}.")
 
     # public member access ---------------------------------------------------------------------------
 
@@ -615,7 +626,7 @@ class TarArchive:
         """The bytes of a small member; ArchiveFormatError when it is larger than ``max_size``."""
         member = self._resolve(_normalise(name, self.path))
         if member.size > max_size:
-            raise ArchiveFormatError(f"{name} in the archive {self.path} is {member.size} bytes, more than the {max_size} expected.")
+            raise ArchiveFormatError(f"{_shown(name)} in the archive {self.path} is {member.size} bytes, more than the {max_size} expected.")
         with self.open_member(name) as handle:
             return handle.read()
 
@@ -683,7 +694,7 @@ class TarArchive:
         try:
             return json.loads(self.read_member(name, max_size).decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise ArchiveFormatError(f"{name} in the archive {self.path} is not valid JSON.") from None
+            raise ArchiveFormatError(f"{_shown(name)} in the archive {self.path} is not valid JSON.") from None
 
 
 class OciArchive(TarArchive):
@@ -769,7 +780,7 @@ class DockerArchive(TarArchive):
                 raise ArchiveFormatError(f"The RepoTags of {where} must be a list of strings.")
             for name in [config] + layers:
                 if not self.has_member(name):
-                    raise ArchiveFormatError(f"{_cap(where)} names {name}, which is not a file in the archive.")
+                    raise ArchiveFormatError(f"{_cap(where)} names {_shown(name)}, which is not a file in the archive.")
             images.append(dict(item, Config=config, Layers=list(layers), RepoTags=list(repo_tags)))
         return images
 
@@ -783,7 +794,7 @@ class DockerArchive(TarArchive):
     def config_digest(self, image: dict[str, Any]) -> str:
         """The digest of an image's config file (hashed here: the file name is not trusted)."""
         if self.member_size(image["Config"]) > MAX_CONFIG_SIZE:
-            raise ArchiveFormatError(f"The config {image['Config']} in {self.path} is larger than {MAX_CONFIG_SIZE} bytes.")
+            raise ArchiveFormatError(f"The config {_shown(image['Config'])} in {self.path} is larger than {MAX_CONFIG_SIZE} bytes.")
         return self.hash_member(image["Config"])
 
     def manifest_digest(self, image: dict[str, Any]) -> str | None:

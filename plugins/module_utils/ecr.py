@@ -32,7 +32,7 @@ except ImportError:  # AnsibleAWSModule reports a missing botocore to the user
     BotoCoreError = ClientError = BotoConnectionError = Exception  # type: ignore[misc,assignment]
     NoCredentialsError = PartialCredentialsError = ReadTimeoutError = Exception  # type: ignore[misc,assignment]
 
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import ImageRef
 
 
@@ -105,6 +105,12 @@ class RetryPolicy:
 
     def delay(self, retry_number: int, rng: Callable[[float, float], float] = random.uniform) -> float:
         return rng(0.0, min(self.max_delay, self.base_delay * (2 ** retry_number)))
+
+
+def check_max_attempts(max_attempts: int) -> None:
+    """The max_attempts option of both modules: 1 (no retry) to 50."""
+    if not 1 <= max_attempts <= 50:
+        raise InvalidOptionError(f"max_attempts must be between 1 and 50, not {max_attempts}.")
 
 
 def client_config(ref: ImageRef) -> dict[str, Any]:

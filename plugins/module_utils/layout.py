@@ -337,6 +337,29 @@ def lock_path(path: str, timeout: float | None, what: str) -> int:
     return _flock(path, timeout, what)
 
 
+def _check_partial_file(path: str, digest: str) -> None:
+    """Refuse anything at ``path`` (a partial download or its journal) but a plain file with one name."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise translate_os_error(exc, f"checking the download of {digest}", path) from None
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise LayoutSymlinkError(
+            f"{path} is a symbolic link (to {target}) where the download of {digest} is kept; this collection never makes "
+            "one, so nothing is written through it: remove it (and find out who put it there), then run again.")
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        kind = "a file with other names (hard links)" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise LayoutError(
+            f"{path}, where the download of {digest} is kept, is {kind}; this collection never makes one, so nothing is "
+            "written to it: remove it, then run again.")
+
+
 def _try_flock_existing(path: str) -> int | None:
     """flock an existing file without waiting; the fd, or None when it is missing or held elsewhere."""
     try:
@@ -646,11 +669,17 @@ class OciLayout:
         seconds at most (None: until the holder is done; LockTimeoutError after that). The holder
         should check :meth:`has_blob` first once it has the claim: the previous holder may have
         committed the blob. :meth:`cleanup_partials` never removes a claimed partial.
+
+        The partial file and its journal, when they exist, must be plain files of their own: a symbolic
+        link (or a hard link, a directory, a FIFO) planted there would have the download written
+        wherever it leads, so it raises LayoutSymlinkError or LayoutError and nothing is written.
         """
         path = self.partial_path(digest)
         claim = path + CLAIM_SUFFIX
         fd = _flock(claim, timeout, f"the download of {digest}")
         try:
+            for name in (path, path + JOURNAL_SUFFIX):
+                _check_partial_file(name, digest)
             yield path
         finally:
             try:
@@ -763,8 +792,13 @@ class OciLayout:
                 continue  # claimed: in use by someone else
             try:
                 for victim in (path, path + JOURNAL_SUFFIX):
-                    if _unlink_quiet(victim):
-                        removed.append(victim)
+                    if os.path.isdir(victim) and not os.path.islink(victim):
+                        continue  # not something this collection makes: left alone, like any unknown file
+                    try:
+                        if _unlink_quiet(victim):
+                            removed.append(victim)
+                    except OSError as exc:
+                        raise translate_os_error(exc, "removing a partial download", victim) from None
                 _unlink_quiet(path + CLAIM_SUFFIX)
             finally:
                 os.close(fd)

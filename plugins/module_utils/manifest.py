@@ -24,6 +24,9 @@ anything large is allocated or downloaded:
   hex digits (other algorithms are refused: ECR and this collection only use sha256) and a size that is
   a whole number from 0 to :data:`MAX_BLOB_SIZE` (52,000 MiB, ECR's largest layer) or, for a
   descriptor of a manifest or index, :data:`MAX_MANIFEST_SIZE`;
+- one digest, one size: a manifest that lists a blob (config or layer) twice with different sizes, an
+  index that lists a manifest twice with different sizes, or two manifests of one image that disagree
+  on a blob's size are refused, since one of the sizes is a lie;
 - at most :data:`MAX_LAYERS` layers (1,000) and :data:`MAX_INDEX_ENTRIES` index entries (1,000).
   Nothing in the specs limits either, but images that Docker or containerd can run stay far below
   1,000 layers (Docker's overlay2 driver stops at 128, the Linux overlay filesystem stacks at most
@@ -166,6 +169,9 @@ MAX_WALK_DOCUMENTS = 2000
 """Most manifests and indexes one :func:`walk` fetches."""
 MAX_JSON_CONTAINERS = 100000
 """Most ``{`` and ``[`` characters in a manifest: an index at the entry limit needs a few thousand."""
+MAX_PLATFORMS_TEXT = 600
+"""Most characters of platform names a :class:`PlatformNotFoundError` message lists (its ``available``
+has them all); a real index's platforms take a few hundred."""
 
 _MAX_NUMBER_DIGITS = 20
 _MAX_SHOWN = 80
@@ -613,6 +619,17 @@ def _descriptor(value: object, where: str, ctx: _Context, max_size: int, limit_t
     return Descriptor(media_type, digest, size, platform, urls, annotations, artifact_type)
 
 
+def _one_size_per_digest(listed: Sequence[Tuple[str, Descriptor]], ctx: _Context) -> None:
+    """Refuse a document that gives one digest two sizes: the bytes behind a digest have one length."""
+    seen: Dict[str, Tuple[str, int]] = {}
+    for where, descriptor in listed:
+        first_where, first_size = seen.setdefault(descriptor.digest, (where, descriptor.size))
+        if first_size != descriptor.size:
+            ctx.fail(where + ".size", f"is {descriptor.size:,} bytes, but {first_where} gives the same digest {descriptor.digest} "
+                     f"{first_size:,} bytes; one of them is wrong, so the document cannot be trusted (re-push the image from a "
+                     "correct source)")
+
+
 _BLOB_LIMIT = f"the {MAX_BLOB_SIZE // (1024 * 1024):,} MiB ECR allows for a layer"
 _MANIFEST_LIMIT = f"the {MAX_MANIFEST_SIZE // (1024 * 1024)} MiB ECR allows for a manifest"
 
@@ -644,6 +661,7 @@ def _parse_image_manifest(document: Dict[str, Any], raw: bytes, media_type: str,
         ctx.refuse(f"has {len(layers):,} layers, more than the {MAX_LAYERS:,} this collection accepts "
                    "(images that Docker or containerd can run have far fewer)")
     parsed = tuple(_descriptor(layer, f"layers[{position}]", ctx, MAX_BLOB_SIZE, _BLOB_LIMIT) for position, layer in enumerate(layers))
+    _one_size_per_digest([("config", config)] + [(f"layers[{position}]", layer) for position, layer in enumerate(parsed)], ctx)
     annotations, subject, artifact_type = _common(document, ctx)
     return ImageManifest(media_type, raw, ctx.digest, config, parsed, annotations, subject, artifact_type)
 
@@ -670,6 +688,7 @@ def _parse_index(document: Dict[str, Any], raw: bytes, media_type: str, ctx: _Co
             ctx.fail(where + ".mediaType", f"is {_show(descriptor.media_type)}, the type of a layer or config blob, "
                      "not of a manifest or index")
         parsed.append(descriptor)
+    _one_size_per_digest([(f"manifests[{position}]", descriptor) for position, descriptor in enumerate(parsed)], ctx)
     annotations, subject, artifact_type = _common(document, ctx)
     return ImageIndex(media_type, raw, ctx.digest, tuple(parsed), annotations, subject, artifact_type)
 
@@ -792,13 +811,19 @@ def referenced_blobs(manifest: ImageManifest) -> List[Descriptor]:
 
 def distinct_blobs(documents: Sequence[ManifestDocument]) -> List[Descriptor]:
     """The configs and layers of every image manifest among ``documents``, each digest once, in order;
-    an image with a foreign layer is refused (:class:`ForeignLayerError`)."""
+    an image with a foreign layer is refused (:class:`ForeignLayerError`), and so are two manifests that
+    give one blob different sizes (:class:`ManifestError`)."""
     seen: Dict[str, Descriptor] = {}
     for document in documents:
         if isinstance(document, ImageManifest):
             refuse_foreign_layers(document)
             for blob in referenced_blobs(document):
-                seen.setdefault(blob.digest, blob)
+                first = seen.setdefault(blob.digest, blob)
+                if first.size != blob.size:
+                    raise ManifestError(
+                        f"The image manifest {document.digest} gives blob {blob.digest} {blob.size:,} bytes, but another "
+                        f"manifest of the same image gives it {first.size:,}; one of them is wrong, so the image cannot be "
+                        "trusted (re-push it from a correct source).")
     return list(seen.values())
 
 
@@ -957,6 +982,22 @@ def _platform_names(entries: List[Descriptor]) -> List[str]:
     return sorted(names)
 
 
+def _list_platforms(names: List[str]) -> str:
+    """``names`` for a message: odd ones (control characters, very long) quoted and cut short, and no
+    more of them than fit in :data:`MAX_PLATFORMS_TEXT` characters."""
+    shown: List[str] = []
+    used = 0
+    for name in names:
+        plain = name in (_NO_PLATFORM, "(nested index)") or all(_PLATFORM_PART_RE.fullmatch(part) for part in name.split("/"))
+        text = name if plain else _show(name)
+        if shown and used + len(text) > MAX_PLATFORMS_TEXT:
+            break
+        shown.append(text)
+        used += len(text) + 2
+    more = f" and {len(names) - len(shown):,} more" if len(names) > len(shown) else ""
+    return ", ".join(shown) + more
+
+
 def describe_platforms(index: ImageIndex) -> List[str]:
     """The platforms an index offers, sorted, as ``os/arch[/variant]`` (as the index writes them).
 
@@ -1043,7 +1084,7 @@ def select_manifest(index: ImageIndex, wanted: Platform, fetch: Callable[[Descri
     if len(unplaced) == 1 and all(entry.platform is None for entry in seen_entries if entry.media_type not in INDEX_TYPES):
         return unplaced[0]
     available = _platform_names(seen_entries)
-    has = f"it has {', '.join(available)}" if available else "it lists no platform images at all"
+    has = f"it has {_list_platforms(available)}" if available else "it lists no platform images at all"
     raise PlatformNotFoundError(
         f"The image index {index.digest} has no manifest for the platform {wanted}; {has}. Set platform to one of "
         "those, or all_platforms: true to keep every platform.", str(wanted), available, index.digest)

@@ -11,6 +11,14 @@ changes nothing costs exactly one BatchGetImage call and no download.
 Archives are assembled in a staging OCI layout beside the archive (``.NAME.ecrkit-staging``), which
 keeps partial downloads across interrupted runs and is removed once the archive is written.
 
+A ``dest`` that is a symbolic link is refused before any API call (an OCI layout or archive is written
+at the path given, never wherever a link planted there points). What a layout destination already
+holds counts as present when it is a regular file of the right size under its digest; a blob of at most
+:data:`VERIFIED_BLOB_SIZE` bytes (configs, small layers) must also hash to its digest, and a manifest
+that does not is fetched from ECR again. Anything else is downloaded again and replaces what was there.
+Larger layers are trusted by name and size: hashing them would cost seconds per GiB on every run that
+changes nothing.
+
 containerd (:class:`_ContainerdTarget`) records the name of the image against what the reference
 resolves to, an index included, as containerd's own pull does. The blobs containerd lacks are staged in
 an OCI layout (under ``dest``, else ``$TMPDIR`` or ``/var/tmp``) and ingested one by one; see
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, layout, manifest, transfer
-from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrRepository
+from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrRepository, RetryPolicy, check_max_attempts
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError, storage_error
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import (
@@ -41,6 +49,9 @@ FORMATS = ("oci", "oci-archive", "docker-archive", "containerd")
 POLICIES = ("always", "missing")
 MIN_CHUNK_SIZE = 1024 * 1024
 ALL_PLATFORMS = "all"
+VERIFIED_BLOB_SIZE = 1024 * 1024
+"""Blobs up to this size found in a layout destination (configs, small layers) are hashed before they count
+as present; a config altered on disk would otherwise change what a container runs."""
 
 Document = manifest.ManifestDocument
 
@@ -61,6 +72,8 @@ class PullOptions:
     containerd_address: str = containerd.DEFAULT_ADDRESS
     containerd_namespace: str = containerd.DEFAULT_NAMESPACE
     unpack: bool = True
+    max_attempts: int = 10
+    download_timeout: float = transfer.DEFAULT_READ_TIMEOUT
 
     @classmethod
     def from_params(cls, *, ref: str, dest: str, dest_format: str = "oci", platform: str | None = None,
@@ -68,7 +81,8 @@ class PullOptions:
                     max_connections: int = 8, chunk_size: int = 16 * 1024 * 1024, ranged: bool = True,
                     tls_verify: Union[bool, str] = True, check_mode: bool = False,
                     containerd_address: str = containerd.DEFAULT_ADDRESS,
-                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE, unpack: bool = True) -> PullOptions:
+                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE, unpack: bool = True,
+                    max_attempts: int = 10, download_timeout: float = transfer.DEFAULT_READ_TIMEOUT) -> PullOptions:
         """Validate the module's options (in the user's terms) before any network call."""
         image_ref = parse_reference(ref)
         check_region(image_ref, region)
@@ -84,13 +98,27 @@ class PullOptions:
             raise InvalidOptionError(f"chunk_size must be at least 1MB, not {chunk_size} bytes.")
         if not dest and dest_format != "containerd":
             raise InvalidOptionError("dest must name a directory (format oci) or a file (archive formats).")
+        check_max_attempts(max_attempts)
+        if not 1 <= download_timeout <= 3600:
+            raise InvalidOptionError(f"download_timeout must be between 1 and 3600 seconds, not {download_timeout:g}.")
         if not containerd_address:
             raise InvalidOptionError("containerd_address must name containerd's socket, such as /run/containerd/containerd.sock.")
         return cls(ref=image_ref, dest=dest or "", dest_format=dest_format,
                    platform=manifest.parse_platform(platform) if platform else None,
                    all_platforms=all_platforms, policy=policy, max_connections=max_connections,
                    chunk_size=chunk_size, ranged=ranged, tls_verify=tls_verify, check_mode=check_mode,
-                   containerd_address=containerd_address, containerd_namespace=containerd_namespace, unpack=unpack)
+                   containerd_address=containerd_address, containerd_namespace=containerd_namespace, unpack=unpack,
+                   max_attempts=max_attempts, download_timeout=download_timeout)
+
+    @property
+    def api_retry(self) -> RetryPolicy:
+        """How ECR API calls are retried (full-jitter exponential backoff, 0.5 s base, 20 s cap)."""
+        return RetryPolicy(attempts=self.max_attempts)
+
+    @property
+    def blob_retry(self) -> RetryPolicy:
+        """How a blob request that made no progress is retried (0.5 s base, 10 s cap)."""
+        return RetryPolicy(attempts=self.max_attempts, base_delay=0.5, max_delay=10.0)
 
     @property
     def entry_name(self) -> str:
@@ -178,7 +206,10 @@ def _plan(options: PullOptions, repository: EcrRepository, store: Optional[OciLa
 
     def fetch(descriptor: Descriptor) -> Document:
         if store is not None and store.has_blob(descriptor.digest, descriptor.size):
-            return manifest.parse_referenced(descriptor, store.read_blob(descriptor.digest), descriptor.media_type)
+            try:
+                return manifest.parse_referenced(descriptor, store.read_blob(descriptor.digest), descriptor.media_type)
+            except layout.BlobMismatchError:
+                pass  # altered on disk: fetched again, and stored again with the other documents
         raw, media_type, dummy = repository.get_manifest({"imageDigest": descriptor.digest},
                                                          manifest.ACCEPTED_MANIFEST_TYPES)
         return manifest.parse_referenced(descriptor, raw, media_type or None)
@@ -209,17 +240,34 @@ def _download(options: PullOptions, repository: EcrRepository, store: OciLayout,
         jobs = []
         for blob in blobs:
             path = claims.enter_context(store.claim_partial(blob.digest))
-            if not store.has_blob(blob.digest, blob.size):
+            if not _stored(store, blob):
                 jobs.append(transfer.BlobJob(digest=blob.digest, size=blob.size, path=path,
                                              get_url=_url_provider(repository, blob.digest)))
         if not jobs:
             return 0
-        with transfer.TransferPool(options.max_connections, verify=options.tls_verify) as pool:
+        with transfer.TransferPool(options.max_connections, verify=options.tls_verify, retry=options.blob_retry,
+                                   read_timeout=options.download_timeout) as pool:
             results = transfer.download_blobs(pool, jobs, chunk_size=options.chunk_size, ranged=options.ranged)
         for result in results:
             store.commit_blob(result.path, result.digest, result.size)
     store.cleanup_partials()
     return sum(result.bytes_transferred for result in results)
+
+
+def _stored(store: OciLayout, blob: Descriptor) -> bool:
+    """Whether ``store`` holds ``blob``: its size, and for a small blob its digest (see :data:`VERIFIED_BLOB_SIZE`)."""
+    return store.has_blob(blob.digest, blob.size, verify=blob.size <= VERIFIED_BLOB_SIZE)
+
+
+def _refuse_symlink(dest: str, error: Callable[[str], EcrkitError], what: str) -> None:
+    path = os.path.abspath(dest)
+    if os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise error(f"The dest {path} is a symbolic link (to {target}); refusing to write {what} wherever it points: give the real "
+                    "path instead.")
 
 
 def _url_provider(repository: EcrRepository, digest: str) -> Callable[[bool], str]:
@@ -264,6 +312,7 @@ class _LayoutTarget:
     def __init__(self, options: PullOptions) -> None:
         self.options = options
         self.root = options.dest
+        _refuse_symlink(self.root, layout.LayoutSymlinkError, "an OCI layout")
         self.store: Optional[OciLayout] = OciLayout(self.root) if _is_layout(self.root) else None
 
     def recorded_digest(self, name: str) -> Optional[str]:
@@ -271,7 +320,7 @@ class _LayoutTarget:
         return entry["digest"] if entry else None
 
     def has_blob(self, blob: Descriptor) -> bool:
-        return bool(self.store and self.store.has_blob(blob.digest, blob.size))
+        return bool(self.store and _stored(self.store, blob))
 
     def missing(self, blobs: List[Descriptor]) -> List[Descriptor]:
         return [blob for blob in blobs if not self.has_blob(blob)]
@@ -312,6 +361,7 @@ class _ArchiveTarget(_LayoutTarget):
 
     def __init__(self, options: PullOptions) -> None:  # pylint: disable=super-init-not-called
         self.options = options
+        _refuse_symlink(options.dest, archive.UnsafeArchiveError, "an archive")
         directory, name = os.path.split(os.path.abspath(options.dest))
         self.root = os.path.join(directory, f".{name}.ecrkit-staging")
         self.store = OciLayout(self.root) if _is_layout(self.root) else None

@@ -4,12 +4,13 @@
 
 Order of work, so that a broken source or a refused tag costs no upload:
 
-1. open the source and validate it whole (every manifest parses and hashes to its digest, every blob
-   exists, has its size and hashes to its digest), before any API call;
+1. open the source and validate it before any API call: every manifest parses and hashes to its
+   digest, every blob exists with its size;
 2. one BatchGetImage for all tags (what each points at now); when every tag already points at the
    source's digest the push is unchanged and that single call is all it costs;
 3. a tag that would move in an IMMUTABLE repository fails here, naming the tag and both digests;
-4. BatchCheckLayerAvailability (batches of 100) for every config and layer; only the missing ones are
+4. BatchCheckLayerAvailability (batches of 100) for every config and layer; the missing ones are hashed
+   (a blob that does not match its digest fails the push before any upload), then only they are
    uploaded, several at once on the :class:`~transfer.TransferPool`, each in order, in parts of the
    ``partSize`` InitiateLayerUpload answers, streamed from the source one part at a time;
 5. PutImage: child manifests of an index untagged (by digest) first, then the top manifest under each
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, manifest, transfer
-from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrApiError, EcrRepository, RepositoryNotFoundError
+from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrApiError, EcrRepository, RepositoryNotFoundError, RetryPolicy, check_max_attempts
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import BLOB_PRESENT, OciLayout, ref_name
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import Descriptor, parse_manifest
@@ -78,6 +79,7 @@ class PushOptions:
     check_mode: bool = False
     containerd_address: str = containerd.DEFAULT_ADDRESS
     containerd_namespace: str = containerd.DEFAULT_NAMESPACE
+    max_attempts: int = 10
 
     @classmethod
     def from_params(cls, *, ref: str, src: str, src_format: str = "oci", src_tag: str | None = None,
@@ -85,7 +87,7 @@ class PushOptions:
                     image_tag_mutability: str | None = None, region: str | None = None,
                     max_concurrent_uploads: int = 4, check_mode: bool = False,
                     containerd_address: str = containerd.DEFAULT_ADDRESS,
-                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE) -> PushOptions:
+                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE, max_attempts: int = 10) -> PushOptions:
         """Validate the module's options (in the user's terms) before any network call."""
         image_ref = parse_reference(ref, default_tag=None)  # a push names its tag (or a digest, for an untagged push)
         check_region(image_ref, region)
@@ -93,6 +95,7 @@ class PushOptions:
             raise InvalidOptionError(f"src_format '{src_format}' is not one of {', '.join(FORMATS)}.")
         if not src:
             raise InvalidOptionError("src must name an OCI layout directory, an archive file or an image in containerd.")
+        check_max_attempts(max_attempts)
         if src_format == "containerd" and src_tag:
             raise InvalidOptionError("src_tag does not apply to src_format containerd; give the image's full name in src.")
         if image_tag_mutability is not None and image_tag_mutability not in MUTABILITIES:
@@ -113,7 +116,13 @@ class PushOptions:
         return cls(ref=image_ref, src=src, src_format=src_format, src_tag=src_tag or None, tags=tuple(extra),
                    create_repository=create_repository, image_tag_mutability=image_tag_mutability,
                    max_concurrent_uploads=max_concurrent_uploads, check_mode=check_mode,
-                   containerd_address=containerd_address, containerd_namespace=containerd_namespace)
+                   containerd_address=containerd_address, containerd_namespace=containerd_namespace,
+                   max_attempts=max_attempts)
+
+    @property
+    def api_retry(self) -> RetryPolicy:
+        """How ECR API calls (each part upload included) are retried: full-jitter exponential backoff."""
+        return RetryPolicy(attempts=self.max_attempts)
 
     @property
     def all_tags(self) -> List[str]:
@@ -129,7 +138,8 @@ class _Blobs:
     name = ""
     missing_hint = ""  # why a blob may be missing from this kind of source, and what to do
 
-    def status(self, digest: str, size: int) -> str:
+    def status(self, digest: str, size: int, verify: bool = True) -> str:
+        """``BLOB_PRESENT`` or what is wrong; ``verify`` hashes the bytes too, otherwise only the size counts."""
         raise NotImplementedError
 
     def read_blob(self, digest: str) -> bytes:
@@ -144,8 +154,8 @@ class _LayoutBlobs(_Blobs):
         self.store = store
         self.name = f"the OCI layout {store.root}"
 
-    def status(self, digest: str, size: int) -> str:
-        return self.store.blob_status(digest, size, verify=True)
+    def status(self, digest: str, size: int, verify: bool = True) -> str:
+        return self.store.blob_status(digest, size, verify=verify)
 
     def read_blob(self, digest: str) -> bytes:
         return self.store.read_blob(digest, manifest.MAX_MANIFEST_SIZE)
@@ -161,8 +171,8 @@ class _ArchiveBlobs(_Blobs):
         self.reader = reader
         self.name = f"the archive {reader.path}"
 
-    def status(self, digest: str, size: int) -> str:
-        return self.reader.blob_status(digest, size, verify=True)
+    def status(self, digest: str, size: int, verify: bool = True) -> str:
+        return self.reader.blob_status(digest, size, verify=verify)
 
     def read_blob(self, digest: str) -> bytes:
         return self.reader.read_blob(digest, manifest.MAX_MANIFEST_SIZE)
@@ -187,7 +197,7 @@ class _ContainerdBlobs(_Blobs):
                              "or push the platform's own manifest)")
         self.digests = client.content_digests()
 
-    def status(self, digest: str, size: int) -> str:
+    def status(self, digest: str, size: int, verify: bool = True) -> str:  # pylint: disable=unused-argument
         # containerd checked size and digest when it committed the blob; the upload hashes it again
         return BLOB_PRESENT if digest in self.digests else "missing"
 
@@ -227,6 +237,7 @@ class _Source:
     top: Document
     documents: List[Document]  # children first (PutImage order), the top last
     layers: List[Descriptor]  # configs and layers, each once
+    where: str = ""  # the image's name in the source, for messages
 
 
 _PROBLEMS = {
@@ -251,16 +262,23 @@ def _load(blobs: _Blobs, top_descriptor: Dict[str, Any], where: str) -> _Source:
         raise
     except EcrkitError as exc:
         raise SourceError(f"The image '{where}' in {blobs.name} cannot be pushed: {exc}") from None
-    layers = manifest.distinct_blobs(documents)
-    for blob in layers:
+    source = _Source(blobs=blobs, top=top, documents=documents, layers=manifest.distinct_blobs(documents), where=where)
+    check_blobs(source, source.layers, verify=False)
+    return source
+
+
+def check_blobs(source: _Source, blobs: List[Descriptor], verify: bool) -> None:
+    """Every one of ``blobs`` is in the source with its size (and, with ``verify``, hashes to its digest)."""
+    for blob in blobs:
         try:
-            state = blobs.status(blob.digest, blob.size)
+            state = source.blobs.status(blob.digest, blob.size, verify=verify)
         except EcrkitError as exc:
-            raise SourceError(f"The blob {blob.digest} of the image '{where}' in {blobs.name} cannot be read: {exc}") from None
+            raise SourceError(f"The blob {blob.digest} of the image '{source.where}' in {source.blobs.name} cannot be read: "
+                              f"{exc}") from None
         if state != BLOB_PRESENT:
-            raise SourceError(f"The blob {blob.digest} ({blob.size} bytes) of the image '{where}' in {blobs.name} "
-                              f"{_PROBLEMS.get(state, state)}{blobs.missing_hint if state == 'missing' else ''}; nothing was pushed.")
-    return _Source(blobs=blobs, top=top, documents=documents, layers=layers)
+            hint = source.blobs.missing_hint if state == "missing" else ""
+            raise SourceError(f"The blob {blob.digest} ({blob.size} bytes) of the image '{source.where}' in {source.blobs.name} "
+                              f"{_PROBLEMS.get(state, state)}{hint}; nothing was pushed.")
 
 
 def _pick_entry(index: Dict[str, Any], src_tag: Optional[str], where: str) -> Tuple[Dict[str, Any], str]:
@@ -418,6 +436,7 @@ def push(options: PushOptions, connect: Callable[[ImageRef], EcrRepository]) -> 
             raise EmptyBlobError(f"ECR lacks the empty (0-byte) blob {empty[0]}, and its layer upload API cannot store an empty "
                                  "blob; the image cannot be pushed through the ECR API.")
         to_upload = [blob for blob in source.layers if blob.digest in missing]
+        check_blobs(source, to_upload, verify=True)  # hashed only when they are to be sent; ECR verified its own
         if options.check_mode:
             return _result(options, source, before, to_upload, 0, started, repository, created=created, changed=True, check_mode=True)
         if created:

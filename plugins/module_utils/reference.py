@@ -130,9 +130,12 @@ _MAX_QUOTED = 200
 
 def _quote(value: object) -> str:
     """``value`` for a message: a string in double quotes with control characters escaped and very
-    long text cut short; anything else as its repr."""
+    long text cut short; None as null (the YAML and JSON word for it); anything else as its ASCII repr, cut short."""
+    if value is None:
+        return "null"
     if not isinstance(value, str):
-        return repr(value)
+        shown = ascii(value)
+        return shown if len(shown) <= _MAX_QUOTED else shown[:_MAX_QUOTED] + "..."
     escaped = value[:_MAX_QUOTED].encode("unicode_escape").decode("ascii").replace('"', '\\"')
     more = f"...({len(value)} characters)" if len(value) > _MAX_QUOTED else ""
     return f'"{escaped}{more}"'
@@ -362,7 +365,8 @@ class ImageRef:
 
 def _check_text(text: object) -> str:
     if not isinstance(text, str):
-        raise InvalidReferenceError(f"The image reference must be a string, not {type(text).__name__}; {FORMS_HINT}.")
+        kind = "null" if text is None else type(text).__name__
+        raise InvalidReferenceError(f"The image reference must be a string, not {kind}; {FORMS_HINT}.")
     if not text:
         raise InvalidReferenceError(f"The image reference is empty; {FORMS_HINT}.", reference=text)
     if any(char.isspace() for char in text):

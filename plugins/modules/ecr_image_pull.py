@@ -107,6 +107,20 @@ options:
       - An image that is present but not unpacked is unpacked without downloading anything.
     type: bool
     default: true
+  download_timeout:
+    description:
+      - Seconds a blob download waits for the next bytes before it drops the connection and retries that
+        range from its last byte (a stalled connection).
+    type: int
+    default: 60
+  max_attempts:
+    description:
+      - How many times one ECR API call (or one blob request that made no progress) is tried before the task
+        fails, counting the first try. Throttling, C(ServerException), HTTP 5xx and connection errors are
+        retried after a random wait of up to 0.5 s x 2^(attempt - 1) (full-jitter exponential backoff, capped at
+        20 s for API calls and 10 s for blob requests). The result reports RV(retries).
+    type: int
+    default: 10
 extends_documentation_fragment:
   - ecrkit.images.containerd
   - amazon.aws.common.modules
@@ -276,6 +290,8 @@ def main() -> None:
             containerd_namespace=dict(type="str", default="default"),
             containerd_address=dict(type="path", default="/run/containerd/containerd.sock"),
             unpack=dict(type="bool", default=True),
+            max_attempts=dict(type="int", default=10),
+            download_timeout=dict(type="int", default=60),
         ),
         mutually_exclusive=[("platform", "all_platforms")],
         supports_check_mode=True,
@@ -288,8 +304,8 @@ def main() -> None:
             max_connections=params["max_concurrent_downloads"], chunk_size=_bytes(params["chunk_size"]),
             ranged=params["ranged_downloads"], tls_verify=blob_tls_verify(params), check_mode=module.check_mode,
             containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"],
-            unpack=params["unpack"])
-        result = pull(options, lambda ref: connect(module, ref))
+            unpack=params["unpack"], max_attempts=params["max_attempts"], download_timeout=params["download_timeout"])
+        result = pull(options, lambda ref: connect(module, ref, options.api_retry))
     except EcrkitError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)
     if not module._diff:  # pylint: disable=protected-access

@@ -13,9 +13,10 @@ description:
   - Reads an image (a single-platform manifest or a multi-platform index) from an OCI image layout, an
     OCI archive, a docker-archive or containerd's image store, and puts it into an Amazon ECR private repository under one or more
     tags, through the ECR API only.
-  - The source is validated whole before anything is sent; every manifest must parse and every blob it
-    references must be present, of the right size and hash to its digest. A broken source fails the task
-    and nothing is uploaded.
+  - The source is validated before anything is sent; every manifest must parse and hash to its digest and
+    every blob it references must be present with the right size. The blobs ECR lacks are hashed before the
+    first upload. A broken source fails the task and nothing is uploaded; a push that changes nothing
+    reads no layer.
   - One C(BatchGetImage) learns what each tag points at; when every tag already points at the image, the
     task reports RV(ignore:changed=false) and that single call is all it costs.
   - Otherwise C(BatchCheckLayerAvailability) tells which configs and layers ECR lacks, and only those are
@@ -84,6 +85,14 @@ options:
       - How many layers upload at once (each layer goes part after part, in order).
     type: int
     default: 4
+  max_attempts:
+    description:
+      - How many times one ECR API call (or one blob request that made no progress) is tried before the task
+        fails, counting the first try. Throttling, C(ServerException), HTTP 5xx and connection errors are
+        retried after a random wait of up to 0.5 s x 2^(attempt - 1) (full-jitter exponential backoff, capped at
+        20 s for API calls and 10 s for blob requests). The result reports RV(retries).
+    type: int
+    default: 10
 extends_documentation_fragment:
   - ecrkit.images.containerd
   - amazon.aws.common.modules
@@ -222,6 +231,7 @@ def main() -> None:
             max_concurrent_uploads=dict(type="int", default=4),
             containerd_namespace=dict(type="str", default="default"),
             containerd_address=dict(type="path", default="/run/containerd/containerd.sock"),
+            max_attempts=dict(type="int", default=10),
         ),
         supports_check_mode=True,
     )
@@ -232,8 +242,9 @@ def main() -> None:
             tags=params["tags"], create_repository=params["create_repository"],
             image_tag_mutability=params["image_tag_mutability"], region=explicit_region(params["region"]),
             max_concurrent_uploads=params["max_concurrent_uploads"], check_mode=module.check_mode,
-            containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"])
-        result = push(options, lambda ref: connect(module, ref))
+            containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"],
+            max_attempts=params["max_attempts"])
+        result = push(options, lambda ref: connect(module, ref, options.api_retry))
     except EcrkitError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)
     if not module._diff:  # pylint: disable=protected-access

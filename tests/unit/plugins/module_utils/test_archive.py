@@ -20,12 +20,16 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.ecrkit.images.plugins.module_utils.archive import (
     DOCKER_ARCHIVE,
+    FORMATS,
     OCI_ARCHIVE,
     ArchiveError,
     ArchiveFormatError,
@@ -38,6 +42,7 @@ from ansible_collections.ecrkit.images.plugins.module_utils.archive import (
     write_docker_archive,
     write_oci_archive,
 )
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
     BLOB_DIGEST_MISMATCH,
     BLOB_MISSING,
@@ -591,3 +596,197 @@ def test_tampered_blob_in_an_oci_archive(images, tmp_path):
     with open_oci_archive(path) as archive:
         assert archive.blob_status(image.layers[0].digest, image.layers[0].size) == BLOB_PRESENT
         assert archive.blob_status(image.layers[0].digest, image.layers[0].size, verify=True) == BLOB_DIGEST_MISMATCH
+
+
+# hostile archives of both kinds, as a push reads its source and as a pull reads what is at its dest ------
+
+def _pax_path(tar, name):
+    """A member whose ustar name is harmless but whose PAX header renames it (readers apply the header)."""
+    info = tarfile.TarInfo("innocent")
+    info.size = 1
+    info.pax_headers = {"path": name}
+    tar.addfile(info, io.BytesIO(b"x"))
+
+
+BLOB_NAME = "blobs/sha256/" + "ab" * 32
+UNSAFE = {
+    "dotdot": (lambda tar: add_file(tar, "../evil"), "path leaves the archive"),
+    "dotdot deep": (lambda tar: add_file(tar, "blobs/sha256/../../../evil"), "path leaves the archive"),
+    "dotdot in a PAX header": (lambda tar: _pax_path(tar, "../../evil"), "path leaves the archive"),
+    "absolute in a PAX header": (lambda tar: _pax_path(tar, "/tmp/evil"), "absolute path"),
+    "absolute": (lambda tar: add_file(tar, "/etc/evil"), "absolute path"),
+    "absolute long name": (lambda tar: add_file(tar, "/" + "a" * 300), "absolute path"),
+    "symlink to absolute": (lambda tar: add_link(tar, BLOB_NAME, "/etc/passwd"), "to an absolute path (/etc/passwd)"),
+    "symlink escaping": (lambda tar: add_link(tar, BLOB_NAME, "../../../outside"), "pointing outside the archive"),
+    "symlink escaping once normalised": (lambda tar: add_link(tar, "a", "b/../../c"), "pointing outside the archive"),
+    "symlink to the archive root": (lambda tar: add_link(tar, "blobs/root", ".."), "pointing outside the archive"),
+    "hardlink escaping": (lambda tar: add_link(tar, BLOB_NAME, "../outside", tarfile.LNKTYPE), "pointing outside the archive"),
+    "hardlink to absolute": (lambda tar: add_link(tar, BLOB_NAME, "/etc/shadow", tarfile.LNKTYPE), "to an absolute path"),
+    "duplicate index.json": (lambda tar: add_file(tar, "./index.json", b'{"schemaVersion": 2, "manifests": []}'),
+                             "holds index.json more than once"),
+    "duplicate blob": (lambda tar: (add_file(tar, BLOB_NAME, b"one"), add_file(tar, BLOB_NAME, b"two")), "more than once"),
+    "device": (lambda tar: add_file(tar, "blobs/sda", b"", type=tarfile.CHRTYPE), "device, FIFO or sparse"),
+    "fifo": (lambda tar: add_file(tar, "blobs/pipe", b"", type=tarfile.FIFOTYPE), "device, FIFO or sparse"),
+    "line break in a name": (lambda tar: add_file(tar, "../a\nTraceback (most recent call last):"),
+                             "leaves the archive (../a\\nTraceback (most recent call last):)"),
+    "undecodable link target": (lambda tar: add_link(tar, "blobs/l", "../../\udcff"), "pointing outside the archive (../../\\udcff)"),
+    "NUL in a PAX name": (lambda tar: _pax_path(tar, "blobs/a\x00/../../evil"), "NUL byte|leaves the archive"),
+}
+
+
+def _layout_members(tar, archive_format):
+    """What makes the archive look like one of ``archive_format``, before the hostile member."""
+    add_file(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+    add_file(tar, "index.json", b'{"schemaVersion": 2, "manifests": []}')
+    if archive_format == DOCKER_ARCHIVE:
+        valid_members(tar)
+        add_file(tar, "manifest.json", docker_manifest(["layer.tar"]))
+
+
+def _read_as_push_source(path, archive_format):
+    opener = open_oci_archive if archive_format == OCI_ARCHIVE else open_docker_archive
+    with opener(path):
+        pass
+
+
+@pytest.mark.parametrize("reader", [_read_as_push_source, read_archive_summary], ids=["push source", "pull summary"])
+@pytest.mark.parametrize("archive_format", [OCI_ARCHIVE, DOCKER_ARCHIVE])
+@pytest.mark.parametrize("case", sorted(UNSAFE))
+def test_unsafe_archives_are_refused_whole_and_nothing_is_written(tmp_path, case, archive_format, reader):
+    build, message = UNSAFE[case]
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"untouched")
+    work = tmp_path / "work"
+    work.mkdir()
+    path = str(work / "hostile.tar")
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT if "PAX" in case else tarfile.GNU_FORMAT) as tar:
+        _layout_members(tar, archive_format)
+        build(tar)
+    before = {str(item): item.stat().st_mtime_ns for item in tmp_path.rglob("*")}
+    with pytest.raises(UnsafeArchiveError) as caught:
+        reader(path, archive_format)
+    text = str(caught.value)
+    assert any(part in text for part in message.split("|")), text
+    assert text.endswith(".") and "\n" not in text and path in text
+    assert {str(item): item.stat().st_mtime_ns for item in tmp_path.rglob("*")} == before  # nothing written anywhere
+    assert outside.read_bytes() == b"untouched"
+
+
+@pytest.mark.parametrize("reader", [_read_as_push_source, read_archive_summary], ids=["push source", "pull summary"])
+def test_docker_archive_naming_files_that_are_not_there(tmp_path, reader):
+    path = str(tmp_path / "x.tar")
+    for layers, config, missing in ((["layer.tar", "gone.tar"], "config.json", "gone.tar"), (["layer.tar"], "gone.json", "gone.json"),
+                                    (["blobs/sha256/" + "cd" * 32], "config.json", "blobs/sha256/" + "cd" * 32)):
+        with tarfile.open(path, "w") as tar:
+            valid_members(tar)
+            add_file(tar, "manifest.json", docker_manifest(layers, config))
+        with pytest.raises(ArchiveFormatError, match=f"names {missing}, which is not a file in the archive"):
+            reader(path, DOCKER_ARCHIVE)
+
+
+def test_oci_archive_whose_index_names_a_manifest_that_is_not_there(images, tmp_path):
+    layout, built = images
+    image = built["single"]
+    path = str(tmp_path / "x.tar")
+    index = json.dumps({"schemaVersion": 2, "manifests": [dict(image.descriptor.to_json(), annotations={REF_NAME_ANNOTATION: "t"})]})
+    with tarfile.open(path, "w") as tar:
+        add_file(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        add_file(tar, "index.json", index.encode())
+    with pytest.raises(ArchiveFormatError) as caught:
+        read_archive_summary(path, OCI_ARCHIVE)
+    assert f"Blob {image.digest} is not in the archive" in str(caught.value)
+    with open_oci_archive(path) as archive:  # a push finds it missing when it reads the image
+        assert archive.find_tag("t")["digest"] == image.digest
+        with pytest.raises(BlobNotFoundError):
+            image_blobs(archive, archive.find_tag("t"))
+
+
+def test_oci_archive_whose_manifest_lies_about_its_size(images, tmp_path):
+    layout, built = images
+    image = built["single"]
+    path = str(tmp_path / "x.tar")
+    with tarfile.open(path, "w") as tar:
+        add_file(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        add_file(tar, "index.json", json.dumps({"schemaVersion": 2, "manifests": [dict(image.descriptor.to_json(), size=10 ** 12)]}).encode())
+        for blob in image.blob_descriptors():
+            add_file(tar, "blobs/sha256/" + blob.hex, layout.read_blob(blob.digest, 1 << 30))
+    with pytest.raises(ArchiveFormatError, match="claims 1000000000000 bytes, more than a manifest may have"):
+        read_archive_summary(path, OCI_ARCHIVE)
+
+
+def _small_archive(archive_format):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _layout_members(tar, archive_format)
+        add_link(tar, "legacy/layer.tar", "../layer.tar")
+    return buffer.getvalue()
+
+
+SMALL_ARCHIVES = {archive_format: _small_archive(archive_format) for archive_format in FORMATS}
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(FORMATS)),
+       st.lists(st.tuples(st.integers(min_value=0), st.binary(min_size=1, max_size=8)), min_size=1, max_size=6),
+       st.booleans())
+def test_damaged_archives_raise_only_archive_errors(archive_format, edits, truncate):
+    """Bytes of a small valid archive overwritten here and there (headers, sizes, names, checksums), or
+    cut short: reading it raises an EcrkitError with a one-line message, or reads it; never anything else."""
+    data = bytearray(SMALL_ARCHIVES[archive_format])
+    for position, chunk in edits:
+        position %= len(data)
+        data[position:position + len(chunk)] = chunk
+    if truncate:
+        data = data[:edits[0][0] % len(data)]
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "damaged.tar")
+        with open(path, "wb") as handle:
+            handle.write(bytes(data))
+        for reader in (_read_as_push_source, read_archive_summary):
+            try:
+                reader(path, archive_format)
+            except EcrkitError as exc:
+                assert str(exc) and "\n" not in str(exc) and "Traceback" not in str(exc)
+        assert os.listdir(directory) == ["damaged.tar"]
+
+
+_NAME_PARTS = st.sampled_from(["blobs", "sha256", "ab" * 32, "..", ".", "", "layer.tar", "manifest.json", "index.json", "oci-layout",
+                               "a", "/", "\\", "~", "\u00e9", " ", "\n", "\udcff", "x" * 300])
+_MEMBER_NAMES = st.lists(_NAME_PARTS, min_size=1, max_size=5).map("/".join)
+_MEMBERS = st.lists(st.tuples(st.sampled_from([tarfile.REGTYPE, tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                                               tarfile.FIFOTYPE, tarfile.CHRTYPE]),
+                              _MEMBER_NAMES, _MEMBER_NAMES, st.binary(max_size=4)), max_size=6)
+
+
+@settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(FORMATS)), _MEMBERS)
+def test_archives_of_any_members_are_read_safely_or_refused(archive_format, members):
+    """Members of every kind with names and link targets built from '..', '/', '.', real names: an archive
+    that opens has only relative, '..'-free names, and every link leads to a member; else an EcrkitError."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _layout_members(tar, archive_format)
+        for kind, name, target, data in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = target
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "members.tar")
+        with open(path, "wb") as handle:
+            handle.write(buffer.getvalue())
+        opener = open_oci_archive if archive_format == OCI_ARCHIVE else open_docker_archive
+        try:
+            with opener(path) as archive:
+                for name in archive.names():
+                    assert not name.startswith("/") and ".." not in name.split("/") and name
+                    if archive.has_member(name):
+                        assert archive.member_size(name) >= 0
+                read_archive_summary(path, archive_format)
+        except EcrkitError as exc:
+            text = str(exc)
+            assert text.endswith(".") and "\n" not in text and len(text) < 1000 + len(path)
+            text.encode("utf-8")  # no undecodable name shows through as a lone surrogate
+        assert os.listdir(directory) == ["members.tar"]

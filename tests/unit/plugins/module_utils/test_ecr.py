@@ -14,6 +14,7 @@ import pytest
 from botocore.config import Config
 
 from ansible_collections.ecrkit.images.plugins.module_utils import ecr
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import parse_reference
 
 EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
@@ -236,3 +237,11 @@ def test_layer_upload_and_put_image(ecr_endpoint):  # pylint: disable=redefined-
         repository.put_image(raw, OCI_MANIFEST, tag="1.0", digest=digest)
     assert caught.value.aws_code == "ImageTagAlreadyExistsException"
     assert repository.image_digests([{"imageTag": "1.0"}], ACCEPTED) == [digest]
+
+
+@pytest.mark.parametrize("attempts", [0, 51, -1])
+def test_max_attempts_is_bounded(attempts):
+    with pytest.raises(InvalidOptionError, match=f"max_attempts must be between 1 and 50, not {attempts}"):
+        ecr.check_max_attempts(attempts)
+    ecr.check_max_attempts(1)
+    ecr.check_max_attempts(50)

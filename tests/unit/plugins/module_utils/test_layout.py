@@ -193,7 +193,7 @@ def test_symlinked_root_is_refused_unless_followed(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
-@pytest.mark.parametrize("name", ["blobs", "index.json", ".ecrkit"])
+@pytest.mark.parametrize("name", ["blobs", "blobs/sha256", "index.json", "oci-layout", ".ecrkit", ".ecrkit/partial"])
 def test_symlinks_inside_the_layout_are_refused(tmp_path, name):
     root = tmp_path / "layout"
     OciLayout(root, create=True)
@@ -203,9 +203,9 @@ def test_symlinks_inside_the_layout_are_refused(tmp_path, name):
     if target.is_dir():
         shutil.rmtree(target)
     else:
-        shutil.copy(target, elsewhere / name)
+        shutil.copy(target, elsewhere / target.name)
         target.unlink()
-    target.symlink_to(elsewhere / name if name == "index.json" else elsewhere)
+    target.symlink_to(elsewhere / target.name if target.name in ("index.json", "oci-layout") else elsewhere)
     with pytest.raises(LayoutSymlinkError, match="symbolic link"):
         OciLayout(root)
 
@@ -273,7 +273,7 @@ def test_other_algorithms_are_named(layout):
         layout.blob_path("sha512:" + "0" * 128)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.text(max_size=80) | st.builds(lambda hexpart: "sha256:" + hexpart, st.text(alphabet="0123456789abcdefABCDEF./\\\n", max_size=66)))
 def test_any_digest_text_is_refused_or_names_a_file_in_blobs(text):
     blobs = os.path.join("/layout", "blobs", "sha256")
@@ -440,6 +440,58 @@ def test_killed_download_leaves_no_visible_blob_and_releases_its_claim(layout):
         layout.commit_blob(path, digest, len(data))
     assert layout.has_blob(digest, len(data), verify=True)
     assert os.listdir(os.path.join(layout.root, ".ecrkit", "partial")) == []
+
+
+def _plant_link(path, outside):
+    os.symlink(outside, path)
+
+
+def _plant_hard_link(path, outside):
+    os.link(outside, path)
+
+
+def _plant_directory(path, outside):  # pylint: disable=unused-argument
+    os.mkdir(path)
+
+
+@pytest.mark.parametrize("suffix", ["", ".journal"])
+@pytest.mark.parametrize("plant, error, message", [
+    (_plant_link, LayoutSymlinkError, "is a symbolic link (to {outside}) where the download of"),
+    (_plant_hard_link, LayoutError, "is a file with other names (hard links); this collection never makes one"),
+    (_plant_directory, LayoutError, "is not a regular file"),
+])
+def test_a_planted_partial_is_never_written_through(layout, tmp_path, suffix, plant, error, message):
+    """Someone who can write in the layout plants a link where a download (or its journal) goes; the
+    transfer engine opens that path to write: the claim refuses first, and the target is left alone."""
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"do not touch")
+    digest = sha(b"blob")
+    plant(layout.partial_path(digest) + suffix, outside)
+    with pytest.raises(error) as caught:
+        with layout.claim_partial(digest):
+            pytest.fail("claimed a planted partial")
+    assert message.format(outside=outside) in str(caught.value) and "remove it" in str(caught.value)
+    assert str(caught.value).endswith(".") and "\n" not in str(caught.value)
+    assert outside.read_bytes() == b"do not touch"
+    target = layout.partial_path(digest) + suffix
+    if os.path.isdir(target) and not os.path.islink(target):
+        os.rmdir(target)
+    else:
+        os.unlink(target)
+    with layout.claim_partial(digest, timeout=5) as path:  # once removed, the download goes ahead (the claim was released)
+        assert path == layout.partial_path(digest)
+
+
+def test_cleanup_leaves_a_planted_directory_alone(layout):
+    """A directory named like a partial download is not one: cleanup (which a pull runs once its downloads
+    are committed) leaves it, as any unknown file, instead of failing with a raw OSError."""
+    planted = layout.partial_path(sha(b"planted"))
+    os.mkdir(planted)
+    os.mkdir(planted + ".journal")
+    digest, partial = write_partial(layout, b"stale")
+    assert layout.cleanup_partials() == [partial]
+    assert os.path.isdir(planted) and os.path.isdir(planted + ".journal") and not os.path.exists(partial)
+    assert digest not in [item.digest for item in layout.list_partials()]
 
 
 def test_claim_is_exclusive_and_times_out(layout):

@@ -114,10 +114,16 @@ def encode(doc: object) -> bytes:
 ATTESTATION = {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": digest_of("x")}
 
 
-def assert_operator_message(error: BaseException) -> None:
+def assert_operator_message(error: BaseException, given: object = b"") -> None:
+    """One sentence for the operator: an EcrkitError with a code, one line of ASCII ending in a period, no
+    Python leaking through (a traceback, a repr of None) unless the input itself said it."""
     text = str(error)
+    assert isinstance(error, EcrkitError) and isinstance(error.code, str) and error.code
     assert text and "\n" not in text and text.isascii() and text.endswith(".")
     assert len(text) < 1000
+    shown = given if isinstance(given, bytes) else str(given).encode("utf-8", "surrogatepass")
+    for leak in ("Traceback", "None", "<object", "Error:"):
+        assert leak not in text or leak.encode() in shown, leak
 
 
 # --- media types and basic parsing ---------------------------------------------------------------------
@@ -594,21 +600,24 @@ def test_unknown_index_entry_types_are_kept_but_never_selected():
 # --- property tests ------------------------------------------------------------------------------------
 
 def _check_outcome(raw: bytes, media_type: object = None) -> None:
+    """Either a ManifestError with an operator's message, or a document within every limit."""
     try:
         parsed = parse_manifest(raw, media_type)  # type: ignore[arg-type]
     except ManifestError as exc:
-        assert isinstance(exc, EcrkitError)
-        assert_operator_message(exc)
+        assert_operator_message(exc, raw + str(media_type).encode("utf-8", "surrogatepass"))
         return
     assert parsed.digest == sha256_digest(raw) and parsed.raw == raw
     if isinstance(parsed, ImageManifest):
         assert len(parsed.layers) <= MAX_LAYERS
-        for blob in referenced_blobs(parsed):
+        listed = (parsed.config,) + parsed.layers
+        for blob in listed:
             assert 0 <= blob.size <= MAX_BLOB_SIZE and check_digest_format(blob.digest)
     else:
         assert len(parsed.manifests) <= MAX_INDEX_ENTRIES
-        for item in parsed.manifests:
+        listed = parsed.manifests
+        for item in listed:
             assert 0 <= item.size <= MAX_MANIFEST_SIZE and check_digest_format(item.digest)
+    assert len({(item.digest, item.size) for item in listed}) == len({item.digest for item in listed})  # one size a digest
 
 
 JSON_VALUES = st.recursive(
@@ -643,19 +652,19 @@ DOCUMENTS = st.fixed_dictionaries({}, optional={
 REPORTED = st.one_of(st.none(), st.just(""), MEDIA_TYPES, st.text(max_size=10))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(st.binary(max_size=300), REPORTED)
 def test_arbitrary_bytes_raise_only_manifest_errors(raw, media_type):
     _check_outcome(raw, media_type)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(JSON_VALUES, REPORTED)
 def test_arbitrary_json_values_raise_only_manifest_errors(value, media_type):
     _check_outcome(json.dumps(value).encode("utf-8", "surrogatepass"), media_type)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(DOCUMENTS, REPORTED)
 def test_manifest_shaped_documents_raise_only_manifest_errors(document, media_type):
     _check_outcome(json.dumps(document).encode("utf-8"), media_type)
@@ -683,7 +692,7 @@ def _paths(value: object, prefix: tuple = ()) -> list:
     return out
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=500, deadline=None, derandomize=True)
 @given(st.data())
 def test_mutated_manifests_raise_only_manifest_errors(data):
     """Valid documents with one to three values replaced or deleted anywhere: reaches every check."""
@@ -696,7 +705,7 @@ def test_mutated_manifests_raise_only_manifest_errors(data):
     _check_outcome(json.dumps(doc).encode("utf-8"), data.draw(st.one_of(st.none(), MEDIA_TYPES)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.lists(st.sampled_from([m.MEDIA_TYPE_OCI_LAYER, m.MEDIA_TYPE_DOCKER_LAYER_GZIP, "application/x.y", m.MEDIA_TYPE_OCI_CONFIG]),
                 max_size=6),
        st.lists(st.integers(min_value=0, max_value=5), max_size=6),
@@ -711,6 +720,212 @@ def test_valid_manifests_round_trip(layer_types, seeds, media_type):
 
 
 # --- blobs ---------------------------------------------------------------------------------------------
+
+# Manifests that lie: every field a manifest or index can lie with, drawn from what a hostile or broken
+# registry could send. Sizes negative, huge, floats, strings, bools; digests of unknown algorithms, bad or
+# uppercase hex, wrong length; media types known, unknown and malformed; one to three distinct
+# descriptors repeated up to just past the layer and entry limits; and JSON nested far too deep.
+
+_HEX_DIGITS = "0123456789abcdef"
+LYING_SIZES = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(2 ** 70), max_value=-1),
+    st.integers(min_value=MAX_BLOB_SIZE - 1, max_value=MAX_BLOB_SIZE + 1),
+    st.integers(min_value=MAX_MANIFEST_SIZE - 1, max_value=MAX_MANIFEST_SIZE + 1),
+    st.integers(min_value=2 ** 63 - 1, max_value=2 ** 70),
+    st.floats(allow_nan=False),
+    st.sampled_from([0, 1, True, False, None, "100", "", [], {}, 1.0, -0.0]),
+)
+LYING_DIGESTS = st.one_of(
+    st.builds("{}:{}".format,
+              st.sampled_from(["sha256", "sha512", "sha384", "md5", "blake3", "SHA256", "sha256+b64u", "", "sha-256", "sha256 "]),
+              st.one_of(st.text(alphabet=_HEX_DIGITS, min_size=62, max_size=130),
+                        st.text(alphabet=_HEX_DIGITS + "ABCDEF", min_size=64, max_size=64),
+                        st.text(max_size=70))),
+    st.builds(digest_of, st.integers(0, 3)),
+    st.text(max_size=80),
+    st.sampled_from([None, 0, [], {}, "sha256:../../etc/passwd", "sha256:" + "0" * 64 + "\n"]),
+)
+LYING_MEDIA_TYPES = st.one_of(
+    st.sampled_from(sorted(set(ACCEPTED_MANIFEST_TYPES) | m.SCHEMA1_TYPES | m.BLOB_TYPES | m.FOREIGN_LAYER_TYPES)),
+    st.from_regex(r"[a-z]{1,10}/[a-z0-9.+-]{1,30}", fullmatch=True),
+    st.text(max_size=40),
+    st.sampled_from([None, 1, [], "application/vnd.oci.image.manifest.v1+json; charset=utf-8", "x" * 300 + "/y"]),
+)
+_NESTED = "@nested@"
+
+
+_LIES = {"mediaType": LYING_MEDIA_TYPES, "digest": LYING_DIGESTS, "size": LYING_SIZES}
+_EXTRA_FIELDS = {
+    "platform": st.one_of(PLATFORMS, st.fixed_dictionaries({"os": st.text(max_size=20), "architecture": st.text(max_size=20)})),
+    "urls": st.one_of(st.lists(st.text(max_size=20), max_size=3), LYING_SIZES),
+    "annotations": st.one_of(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2), LYING_SIZES),
+}
+_WILD_DESCRIPTORS = st.fixed_dictionaries({}, optional=dict(_LIES, **_EXTRA_FIELDS))
+
+
+@st.composite
+def lying_documents(draw):
+    """The bytes of a manifest or index that tells the truth but for up to three lies: a field of a
+    descriptor (shared by many entries, up to just past the layer and entry limits), schemaVersion,
+    mediaType, a stray field, JSON nested far too deep."""
+    is_index = draw(st.booleans())
+    doc: dict = {"schemaVersion": 2}
+    if draw(st.booleans()):
+        doc["mediaType"] = draw(st.sampled_from([OCI_INDEX, DOCKER_LIST] if is_index else [OCI_MANIFEST, DOCKER_MANIFEST]))
+    honest_types = sorted(m.MANIFEST_TYPES | m.INDEX_TYPES) if is_index else [m.MEDIA_TYPE_OCI_LAYER_GZIP, "application/x.unknown"]
+    distinct = [{"mediaType": draw(st.sampled_from(honest_types)), "digest": digest_of(draw(st.integers(0, 2))),
+                 "size": draw(st.integers(0, 1000))} for dummy in range(draw(st.integers(1, 3)))]
+    config = {"mediaType": draw(st.sampled_from([m.MEDIA_TYPE_OCI_CONFIG, m.MEDIA_TYPE_DOCKER_CONFIG])), "digest": digest_of("config"),
+              "size": draw(st.integers(0, 1000))}
+    depth = 0
+    for dummy in range(draw(st.integers(0, 3))):
+        site = draw(st.sampled_from(["schemaVersion", "mediaType", "config", "entry", "entry", "entry", "stray", "nesting"]))
+        if site == "schemaVersion":
+            doc[site] = draw(st.sampled_from([DELETE, 1, 3, "2", 2.0, True, None, 2 ** 64]))
+        elif site == "mediaType":
+            doc[site] = draw(st.one_of(st.just(DELETE), LYING_MEDIA_TYPES))
+        elif site in ("config", "entry"):
+            target = config if site == "config" else draw(st.sampled_from(distinct))
+            field = draw(st.sampled_from(sorted(_LIES) + sorted(_EXTRA_FIELDS)))
+            target[field] = draw(st.one_of(st.just(DELETE), _LIES[field] if field in _LIES else _EXTRA_FIELDS[field]))
+        elif site == "stray":
+            doc[draw(st.sampled_from(["annotations", "subject", "artifactType", "manifests", "config", "layers"]))] = draw(
+                st.one_of(JSON_VALUES, _WILD_DESCRIPTORS, st.lists(_WILD_DESCRIPTORS, max_size=3)))
+        else:
+            depth = draw(st.sampled_from([1, 900, 1100, 5000, 60000]))
+    limit = MAX_INDEX_ENTRIES if is_index else MAX_LAYERS
+    count = draw(st.one_of(st.integers(0, 4), st.integers(limit - 1, limit + 1)))
+    listed = [{key: value for key, value in distinct[position % len(distinct)].items() if value is not DELETE} for position in range(count)]
+    doc.setdefault("manifests" if is_index else "layers", listed)
+    if not is_index:
+        doc.setdefault("config", {key: value for key, value in config.items() if value is not DELETE})
+    doc = {key: value for key, value in doc.items() if value is not DELETE}
+    if depth:
+        doc[draw(st.sampled_from(["annotations", "subject", "config", "layers", "manifests", "extra"]))] = _NESTED
+    raw = json.dumps(doc).encode("utf-8", "surrogatepass")
+    if depth:
+        opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
+        raw = raw.replace(json.dumps(_NESTED).encode(), opener * depth + b"1" + closer * depth, 1)
+    return raw
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(lying_documents(), st.one_of(st.none(), MEDIA_TYPES))
+def test_lying_manifests_raise_only_manifest_errors(raw, media_type):
+    _check_outcome(raw, media_type)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(lying_documents(), LYING_DIGESTS)
+def test_lying_manifests_fetched_by_digest_raise_only_manifest_errors(raw, expected):
+    """As parse_manifest is called on what BatchGetImage answered for a digest (any digest text)."""
+    try:
+        parsed = parse_manifest(raw, None, expected_digest=expected)
+    except ManifestError as exc:
+        assert_operator_message(exc, raw + str(expected).encode("utf-8", "surrogatepass"))
+    else:
+        assert expected is None or parsed.digest == expected  # None: no digest to check against
+
+
+@st.composite
+def document_graphs(draw):
+    """An index over a graph of indexes and manifests (cycles allowed) whose entries may lie about size
+    and media type, and a fetch that may answer with the wrong document."""
+    count = draw(st.integers(1, 7))
+    manifests = [parse_manifest(encode(_image(("graph", position)))) for position in range(count)]
+    kinds = draw(st.lists(st.booleans(), min_size=count, max_size=count))  # True: an index
+    nodes: dict = {}
+    digests = [digest_of(("node", position)) if kinds[position] else manifests[position].digest for position in range(count)]
+    media_types = [draw(st.sampled_from([OCI_INDEX, DOCKER_LIST])) if kinds[position] else manifests[position].media_type
+                   for position in range(count)]
+    raws = [b"i" * (position + 1) if kinds[position] else manifests[position].raw for position in range(count)]
+    lie = st.integers(0, 9)
+    for position in range(count):
+        if not kinds[position]:
+            nodes[digests[position]] = manifests[position]
+            continue
+        entries = []
+        for target in draw(st.lists(st.integers(0, count - 1), max_size=4)):
+            size = len(raws[target]) if draw(lie) else draw(st.integers(0, 100))
+            media_type = media_types[target] if draw(lie) else draw(st.sampled_from(sorted(m.INDEX_TYPES | m.MANIFEST_TYPES) + ["x/y"]))
+            platform = draw(st.sampled_from([None, Platform("linux", "amd64"), Platform("linux", "arm64", "v8"),
+                                             Platform("linux\nTraceback", "x" * 100), Platform("unknown", "unknown")]))
+            entries.append(Descriptor(media_type, digests[target], size, platform))
+        nodes[digests[position]] = ImageIndex(media_types[position], raws[position], digests[position], tuple(entries))
+    wrong = draw(st.sampled_from(digests))
+    wrong_answers = draw(st.sets(st.integers(0, 12), max_size=2))  # which calls of fetch answer with the wrong document
+    calls = []
+
+    def fetch(descriptor: Descriptor):
+        calls.append(descriptor.digest)
+        return nodes[wrong] if len(calls) - 1 in wrong_answers else nodes[descriptor.digest]
+
+    top_entries = tuple(nodes[digests[0]].manifests) if kinds[0] else (manifests[0].descriptor(Platform("linux", "amd64")),)
+    top = ImageIndex(OCI_INDEX, b"top", digest_of("top"), top_entries)
+    return top, fetch, draw(st.integers(1, 5))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(document_graphs(), st.sampled_from(["linux/amd64", "linux/arm64", "linux/s390x"]))
+def test_walking_lying_indexes_raises_only_ecrkit_errors(graph, wanted):
+    """Cycles, depth past the limit, sizes and media types that do not match what is fetched, a fetch
+    that answers with another document: walk and select_manifest refuse with an operator's message."""
+    top, fetch, max_depth = graph
+    try:
+        steps = walk(top, fetch, max_depth=max_depth)
+    except EcrkitError as exc:
+        assert_operator_message(exc)
+    else:
+        for step in steps:
+            assert check_document(step.descriptor, step.document) is step.document
+    try:
+        chosen = select_manifest(top, parse_platform(wanted), fetch=fetch, max_depth=max_depth)
+    except EcrkitError as exc:
+        assert_operator_message(exc, b"Traceback")  # a hostile platform name may say it, on one line, quoted
+    else:
+        assert chosen.media_type in m.MANIFEST_TYPES
+
+
+def test_one_digest_one_size():
+    layer = desc(m.MEDIA_TYPE_OCI_LAYER_GZIP, 1, 100)
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(encode(manifest_doc(layers=[layer, dict(layer, size=101)])))
+    assert f"layers[1].size is 101 bytes, but layers[0] gives the same digest {layer['digest']} 100 bytes" in str(caught.value)
+    assert "re-push the image" in str(caught.value)
+    assert_operator_message(caught.value)
+    config = desc(m.MEDIA_TYPE_OCI_CONFIG, "config", 123)
+    with pytest.raises(ManifestError, match="layers.0..size is 5 bytes, but config gives the same digest"):
+        parse_manifest(encode(manifest_doc(config=config, layers=[dict(config, size=5)])))
+    twice = entry("linux/amd64", 7)
+    with pytest.raises(ManifestError, match=r"The image index .* manifests\[1\]\.size is 501 bytes, but manifests\[0\]"):
+        parse_manifest(encode(index_doc([twice, dict(twice, size=501, platform={"os": "linux", "architecture": "arm64"})])))
+    # the same blob with the same size, as often as it likes
+    assert len(parse_manifest(encode(manifest_doc(layers=[layer, layer, dict(config, mediaType=m.MEDIA_TYPE_OCI_LAYER)]))).layers) == 3
+
+
+def test_two_manifests_of_an_image_that_disagree_on_a_blob_size():
+    shared = desc(m.MEDIA_TYPE_OCI_LAYER_GZIP, "shared", 100)
+    one = parse_manifest(encode(manifest_doc(layers=[shared])))
+    two = parse_manifest(encode(manifest_doc(layers=[desc(seed="other"), dict(shared, size=99)])))
+    with pytest.raises(ManifestError) as caught:
+        m.distinct_blobs([one, two])
+    assert f"gives blob {shared['digest']} 99 bytes, but another manifest of the same image gives it 100" in str(caught.value)
+    assert_operator_message(caught.value)
+
+
+def test_platform_names_in_a_message_are_quoted_and_bounded():
+    hostile = [entry({"os": "linux\nTraceback (most recent call last):", "architecture": "x" * 5000}, 0)]
+    many = [entry(f"linux/arch{position:03d}", position) for position in range(400)]
+    index = parse_manifest(encode(index_doc(hostile + many)))
+    with pytest.raises(PlatformNotFoundError) as caught:
+        select_manifest(index, parse_platform("linux/amd64"))
+    text = str(caught.value)
+    assert_operator_message(caught.value, b"Traceback")
+    assert '"linux\\nTraceback (most recent call last):/xxx' in text and "linux/arch000" in text
+    assert "more. Set platform to one of those" in text and len(text) < m.MAX_PLATFORMS_TEXT + 400
+    assert len(caught.value.available) == 401  # the exception keeps them all
+
 
 def test_referenced_blobs_in_order_without_duplicates():
     layers = [desc(seed=1), desc(seed=2), desc(seed=1), desc(seed="config", size=123), desc(seed=3)]
@@ -815,7 +1030,7 @@ def test_parse_platform_refuses(text, fragment):
     assert_operator_message(caught.value)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.sampled_from(["linux", "Linux", "windows", "macos", "darwin", "freebsd"]),
        st.sampled_from(sorted(m._ARCH_ALIASES) + ["arm", "ARM64", "riscv64", "s390x", "x"]),  # pylint: disable=protected-access
        st.sampled_from([None, "", "v1", "v2", "8", "v8", "v8.0", "7", "v7", "V6", "v9.0", "x"]))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -11,11 +12,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import containerd, ecr, layout, pull
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, ecr, layout, manifest, pull
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import ManifestError, PlatformNotFoundError
 
 TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
@@ -180,6 +183,28 @@ def test_killed_pull_resumes_where_it_stopped(seeded, tmp_path):
     assert not os.listdir(partials)
 
 
+def test_stalled_connection_times_out_and_resumes(seeded, tmp_path):
+    endpoint, images = seeded
+    endpoint.set_faults(f"stall-blob:after=100000,seconds=30,count=1,digest={images['one'].layers[0].digest}")
+    started = time.monotonic()
+    result = run(endpoint, options(endpoint, "one", tmp_path / "dest", download_timeout=1, max_attempts=3))
+    assert result["changed"] and time.monotonic() - started < 25  # not the 30 s stall
+    store = layout.OciLayout(str(tmp_path / "dest"))
+    assert all(store.has_blob(blob["digest"], blob["size"], verify=True) for blob in result["layers"])
+
+
+def test_throttling_is_retried_and_counted(seeded, tmp_path):
+    endpoint, images = seeded
+    endpoint.set_faults("throttle:every=2,count=3")
+    opts = options(endpoint, "one", tmp_path / "dest", max_attempts=4)
+    result = pull.pull(opts, lambda ref: ecr.EcrRepository(endpoint.client(), ref, opts.api_retry))
+    assert result["changed"] and result["retries"] == 3 and result["digest"] == images["one"].digest
+    endpoint.set_faults("throttle:every=1")
+    opts = options(endpoint, "one", tmp_path / "other", max_attempts=2)
+    with pytest.raises(ecr.EcrApiError, match="kept answering BatchGetImage with ThrottlingException after 1 retries"):
+        pull.pull(opts, lambda ref: ecr.EcrRepository(endpoint.client(), ref, opts.api_retry))
+
+
 def _journaled_bytes(partials):
     """True once a blob has ranges recorded as written (a journal holds a header line, then a line a range)."""
     if not partials.is_dir():
@@ -231,6 +256,308 @@ def test_foreign_layers_are_refused_before_any_download(ecr_endpoint, tmp_path):
     assert "foreign" in str(info.value).lower()
     assert ecr_endpoint.stats()["api_calls"] == {"BatchGetImage": 1}
     assert not (tmp_path / "dest").exists()
+
+
+# manifests that lie: refused after the one BatchGetImage (or the few an index needs), before any blob ------
+
+OCI_LAYER = manifest.MEDIA_TYPE_OCI_LAYER_GZIP
+
+
+def put_manifest(client, document, tag):
+    text = json.dumps(document)
+    client.put_image(repositoryName="team/app", imageTag=tag, imageManifest=text)
+    return manifest.sha256_digest(text.encode()), len(text.encode())
+
+
+def lying_image(client, layers=None, config_size=None):
+    """Upload a config and two small layers; return the manifest document (descriptors honest unless
+    ``layers`` replaces them: a function of the honest layer descriptors)."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = upload_blob(client, "team/app", config)
+    honest = []
+    for seed in (b"one", b"two"):
+        data = seed * 1000
+        honest.append({"mediaType": OCI_LAYER, "digest": upload_blob(client, "team/app", data), "size": len(data)})
+    return {
+        "schemaVersion": 2,
+        "mediaType": manifest.MEDIA_TYPE_OCI_MANIFEST,
+        "config": {"mediaType": manifest.MEDIA_TYPE_OCI_CONFIG, "digest": config_digest,
+                   "size": len(config) if config_size is None else config_size},
+        "layers": layers(honest) if layers else honest,
+    }
+
+
+LYING_MANIFESTS = {
+    "layer larger than ECR allows": (lambda layers: [dict(layers[0], size=manifest.MAX_BLOB_SIZE + 1)], None,
+                                     "more than the 52,000 MiB ECR allows for a layer"),
+    "negative layer size": (lambda layers: [dict(layers[0], size=-1)], None, "layers[0].size must be a whole number of bytes, not -1"),
+    "absurd config size": (None, 10 ** 15, "config.size is 1,000,000,000,000,000 bytes"),
+    "more layers than sane": (lambda layers: layers[:1] * (manifest.MAX_LAYERS + 1), None, "has 1,001 layers, more than the 1,000"),
+    "one layer, two sizes": (lambda layers: [layers[0], dict(layers[0], size=layers[0]["size"] + 1)], None,
+                             "layers[1].size is 3,001 bytes, but layers[0] gives the same digest"),
+    "unknown digest algorithm": (lambda layers: layers + [{"mediaType": manifest.MEDIA_TYPE_OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+                                                           "digest": "sha512:" + "ab" * 64, "size": 10,
+                                                           "urls": ["https://example.invalid/l"]}], None, "only sha256 digests"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LYING_MANIFESTS))
+def test_lying_manifests_are_refused_before_any_download(ecr_endpoint, tmp_path, case):
+    """ECR stores these (the local endpoint, like ECR, checks only that the blobs exist); the pull refuses
+    them from the manifest alone: one API call, no blob URL asked for, nothing written."""
+    layers, config_size, message = LYING_MANIFESTS[case]
+    client = ecr_endpoint.client()
+    client.create_repository(repositoryName="team/app")
+    put_manifest(client, lying_image(client, layers, config_size), "liar")
+    ecr_endpoint.reset_stats()
+    with pytest.raises(ManifestError) as info:
+        run(ecr_endpoint, options(ecr_endpoint, "liar", tmp_path / "dest"))
+    assert message in str(info.value)
+    assert str(info.value).endswith(".") and "\n" not in str(info.value)
+    assert ecr_endpoint.stats()["api_calls"] == {"BatchGetImage": 1}
+    assert ecr_endpoint.stats()["blob_requests"] == 0
+    assert not (tmp_path / "dest").exists()
+
+
+def test_lying_indexes_are_refused_before_any_download(ecr_endpoint, tmp_path):
+    client = ecr_endpoint.client()
+    client.create_repository(repositoryName="team/app")
+    child_digest, child_size = put_manifest(client, lying_image(client), "child")
+    child = {"mediaType": manifest.MEDIA_TYPE_OCI_MANIFEST, "digest": child_digest, "size": child_size,
+             "platform": {"os": "linux", "architecture": "amd64"}}
+
+    def index(*entries):
+        return {"schemaVersion": 2, "mediaType": manifest.MEDIA_TYPE_OCI_INDEX, "manifests": list(entries)}
+
+    # an entry whose size is not that of the manifest it names
+    put_manifest(client, index(dict(child, size=child_size + 1)), "wrong-size")
+    # an entry of a media type this collection does not know: never selected, and the index cannot be copied whole
+    put_manifest(client, index(dict(child, mediaType="application/vnd.example.manifest.v9+json")), "unknown-type")
+    # five indexes on the way down to the manifest, the top one included
+    nested = child
+    for dummy in range(4):
+        digest, size = put_manifest(client, index(nested), "nested")
+        nested = {"mediaType": manifest.MEDIA_TYPE_OCI_INDEX, "digest": digest, "size": size}
+    put_manifest(client, index(nested), "deep")
+
+    for tag, kwargs, error, message, calls in (
+            ("wrong-size", {"platform": "linux/amd64"}, ManifestError, f"is {child_size:,} bytes, but the index that lists it says", 2),
+            ("unknown-type", {"all_platforms": True}, manifest.UnsupportedManifestError, "cannot be copied whole", 1),
+            ("unknown-type", {"platform": "linux/amd64"}, PlatformNotFoundError, "lists no platform images at all", 1),
+            ("deep", {"all_platforms": True}, ManifestError, "nesting indexes more than 4 deep", 4)):
+        ecr_endpoint.reset_stats()
+        with pytest.raises(error) as info:
+            run(ecr_endpoint, options(ecr_endpoint, tag, tmp_path / "dest", **kwargs))
+        assert message in str(info.value), tag
+        assert ecr_endpoint.stats()["api_calls"] == {"BatchGetImage": calls}, tag
+        assert ecr_endpoint.stats()["blob_requests"] == 0
+        assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("delta", [1, -1])
+def test_a_layer_whose_size_is_not_its_descriptors_is_never_stored(ecr_endpoint, tmp_path, delta):
+    """A size that lies plausibly can only be caught by the download, which checks it against what the
+    server sends, and keeps nothing of the blob."""
+    client = ecr_endpoint.client()
+    client.create_repository(repositoryName="team/app")
+    document = lying_image(client, lambda layers: [dict(layers[0], size=layers[0]["size"] + delta)])
+    put_manifest(client, document, "liar")
+    with pytest.raises(EcrkitError) as info:
+        run(ecr_endpoint, options(ecr_endpoint, "liar", tmp_path / "dest"))
+    layer = document["layers"][0]
+    assert layer["digest"] in str(info.value) and "failed verification" in str(info.value) and "\n" not in str(info.value)
+    store = layout.OciLayout(str(tmp_path / "dest"))
+    assert store.blob_status(layer["digest"], layer["size"] - delta) == layout.BLOB_MISSING
+    assert store.find_tag("liar") is None
+    assert store.partial_path(layer["digest"]) not in [partial.path for partial in store.list_partials()]
+
+
+def test_sizes_larger_than_the_disk_are_refused_before_the_first_byte(ecr_endpoint, tmp_path):
+    """Each layer within ECR's limit, together more than the destination's free space: refused before
+    any blob is requested, and the (sparse) partial files take no room."""
+    stats = os.statvfs(str(tmp_path))
+    claimed = 50000 * MIB
+    count = stats.f_bavail * stats.f_frsize // claimed + 2
+    client = ecr_endpoint.client()
+    client.create_repository(repositoryName="team/app")
+    layers = [{"mediaType": OCI_LAYER, "digest": upload_blob(client, "team/app", b"small %d" % number), "size": claimed}
+              for number in range(count)]
+    put_manifest(client, lying_image(client, lambda honest: layers), "huge")
+    ecr_endpoint.reset_stats()
+    with pytest.raises(DiskFullError) as info:
+        run(ecr_endpoint, options(ecr_endpoint, "huge", tmp_path / "dest"))
+    assert "free space or choose another destination" in str(info.value)
+    assert ecr_endpoint.stats()["blob_requests"] == 0
+    used = sum(os.lstat(os.path.join(root, name)).st_blocks * 512 for root, dummy, names in os.walk(tmp_path / "dest") for name in names)
+    assert used < MIB
+
+
+# a destination that was tampered with --------------------------------------------------------------
+
+def layer_actions(result):
+    return {layer["digest"]: layer["action"] for layer in result["layers"]}
+
+
+def test_a_damaged_layer_in_dest_is_fetched_again(seeded, tmp_path):
+    endpoint, images = seeded
+    dest = tmp_path / "dest"
+    run(endpoint, options(endpoint, "one", dest))
+    store = layout.OciLayout(str(dest))
+    first, second = images["one"].layers
+    with open(store.blob_path(first.digest), "r+b") as handle:  # cut short, as a full disk or a killed copy leaves it
+        handle.truncate(first.size // 2)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"x" * second.size)
+    os.unlink(store.blob_path(second.digest))
+    os.symlink(outside, store.blob_path(second.digest))  # replaced by a link to a file of the right size
+    again = run(endpoint, options(endpoint, "one", dest))
+    assert again["changed"]
+    actions = layer_actions(again)
+    assert actions[first.digest] == actions[second.digest] == "downloaded"
+    assert actions[images["one"].config_digest] == "present"
+    assert again["bytes_transferred"] == first.size + second.size
+    assert store.has_blob(first.digest, first.size, verify=True) and store.has_blob(second.digest, second.size, verify=True)
+    assert not os.path.islink(store.blob_path(second.digest)) and outside.read_bytes() == b"x" * second.size
+    assert not run(endpoint, options(endpoint, "one", dest))["changed"]
+
+
+def test_an_altered_config_in_dest_is_fetched_again(seeded, tmp_path):
+    """Same size, other bytes: a config is small enough to be hashed every run (what a container runs
+    depends on it); larger layers are trusted by name and size (see pull.VERIFIED_BLOB_SIZE)."""
+    endpoint, images = seeded
+    dest = tmp_path / "dest"
+    run(endpoint, options(endpoint, "one", dest))
+    store = layout.OciLayout(str(dest))
+    config = images["one"].manifests[0].config
+    assert config.size <= pull.VERIFIED_BLOB_SIZE < images["one"].layers[0].size
+    path = store.blob_path(config.digest)
+    with open(path, "rb") as handle:
+        altered = handle.read().replace(b'"amd64"', b'"arm64"')
+    with open(path, "wb") as handle:
+        handle.write(altered)
+    assert store.blob_status(config.digest, config.size, verify=True) == layout.BLOB_DIGEST_MISMATCH
+    again = run(endpoint, options(endpoint, "one", dest))
+    assert again["changed"] and layer_actions(again)[config.digest] == "downloaded"
+    assert again["bytes_transferred"] == config.size and again["platform"] == "linux/amd64"
+    assert store.has_blob(config.digest, config.size, verify=True)
+
+
+def test_an_altered_manifest_in_dest_is_fetched_again(seeded, tmp_path):
+    endpoint, images = seeded
+    dest = tmp_path / "dest"
+    run(endpoint, options(endpoint, "multi", dest, platform="linux/arm64"))
+    store = layout.OciLayout(str(dest))
+    child = [image for image in images["multi"].manifests if "arm64" in image.platform_string][0]
+    path = store.blob_path(child.digest)
+    with open(path, "rb") as handle:
+        altered = handle.read().replace(b'"schemaVersion":2', b'"schemaVersion":3')
+    assert altered != child.manifest_bytes and len(altered) == child.descriptor.size
+    with open(path, "wb") as handle:
+        handle.write(altered)
+    endpoint.reset_stats()
+    again = run(endpoint, options(endpoint, "multi", dest, platform="linux/arm64"))
+    assert again["changed"] and again["bytes_transferred"] == 0
+    assert endpoint.stats()["api_calls"] == {"BatchGetImage": 2}  # the index, then the manifest again
+    assert store.read_blob(child.digest) == child.manifest_bytes
+    assert not run(endpoint, options(endpoint, "multi", dest, platform="linux/arm64"))["changed"]
+
+
+def test_a_symlinked_dest_is_refused_before_any_call(seeded, tmp_path):
+    """An OCI layout or archive is written at the path given, never wherever a link planted there points."""
+    endpoint, dummy = seeded
+    real = tmp_path / "real"
+    run(endpoint, options(endpoint, "one", real))
+    run(endpoint, options(endpoint, "one", tmp_path / "real.tar", dest_format="oci-archive"))
+    kept = [real / "index.json", tmp_path / "real.tar"] + list((real / "blobs" / "sha256").iterdir())
+    before = {str(item): (item.stat().st_mtime_ns, item.stat().st_size) for item in kept}
+    (tmp_path / "link").symlink_to(real)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "link.tar").symlink_to(tmp_path / "real.tar")
+    endpoint.reset_stats()
+    for dest, kwargs, error in ((tmp_path / "link", {}, layout.LayoutSymlinkError),
+                                (tmp_path / "dangling", {}, layout.LayoutSymlinkError),
+                                (str(tmp_path / "link") + "/", {}, layout.LayoutSymlinkError),
+                                (tmp_path / "link", {"check_mode": True}, layout.LayoutSymlinkError),
+                                (tmp_path / "link.tar", {"dest_format": "oci-archive"}, archive.UnsafeArchiveError),
+                                (tmp_path / "link.tar", {"dest_format": "docker-archive"}, archive.UnsafeArchiveError)):
+        with pytest.raises(error) as info:
+            run(endpoint, options(endpoint, "one", dest, **kwargs))
+        assert f"is a symbolic link (to {os.readlink(str(dest).rstrip('/'))})" in str(info.value)
+        assert "give the real path instead" in str(info.value)
+    assert endpoint.stats()["api_calls_total"] == 0
+    assert not (tmp_path / "nowhere").exists()
+    assert {str(item): (item.stat().st_mtime_ns, item.stat().st_size) for item in kept} == before
+    assert sorted(os.listdir(real)) == [".ecrkit", "blobs", "index.json", "oci-layout"]
+
+
+def test_a_symlinked_staging_layout_is_refused_before_any_download(seeded, tmp_path):
+    endpoint, dummy = seeded
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / ".image.tar.ecrkit-staging").symlink_to(elsewhere)
+    endpoint.reset_stats()
+    with pytest.raises(layout.LayoutSymlinkError, match="is a symbolic link"):
+        run(endpoint, options(endpoint, "one", tmp_path / "image.tar", dest_format="oci-archive"))
+    assert endpoint.stats()["blob_requests"] == 0
+    assert not os.listdir(elsewhere) and not (tmp_path / "image.tar").exists()
+
+
+def test_a_planted_partial_download_is_never_written_through(seeded, tmp_path):
+    endpoint, images = seeded
+    dest = tmp_path / "dest"
+    store = layout.OciLayout(str(dest), create=True)
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"do not touch")
+    layer = images["one"].layers[0]
+    os.symlink(outside, store.partial_path(layer.digest))
+    endpoint.reset_stats()
+    with pytest.raises(layout.LayoutSymlinkError) as info:
+        run(endpoint, options(endpoint, "one", dest))
+    assert store.partial_path(layer.digest) in str(info.value) and "remove it" in str(info.value)
+    assert outside.read_bytes() == b"do not touch"
+    assert endpoint.stats()["blob_requests"] == 0
+    os.unlink(store.partial_path(layer.digest))
+    assert run(endpoint, options(endpoint, "one", dest))["changed"]
+
+
+def _hostile_archive(path, kind):
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'), ("index.json", b'{"schemaVersion": 2, "manifests": []}'),
+                           ("manifest.json", b'[{"Config": "c.json", "RepoTags": [], "Layers": []}]'), ("c.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo({"dotdot": "../../evil", "absolute": "/tmp/evil", "duplicate": "./index.json",
+                                "symlink": "blobs/sha256/" + "ab" * 32, "hardlink": "blobs/x"}[kind])
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        elif kind == "hardlink":
+            info.type, info.linkname = tarfile.LNKTYPE, "../../outside"
+        tar.addfile(info, io.BytesIO(b"") if info.isreg() else None)
+
+
+@pytest.mark.parametrize("dest_format, kind", [("oci-archive", "dotdot"), ("docker-archive", "absolute"), ("oci-archive", "duplicate"),
+                                               ("docker-archive", "symlink"), ("oci-archive", "hardlink")])
+def test_a_hostile_archive_at_dest_is_replaced_and_nothing_is_written_outside(seeded, tmp_path, dest_format, kind):
+    """The pull reads what is at dest to tell whether it holds the image already: a hostile archive there
+    is refused whole (nothing extracted, nothing written), so the pull writes the image over it. (Every
+    kind of hostile member against both readers of both formats: test_archive.py.)"""
+    endpoint, images = seeded
+    sandbox = tmp_path / "sandbox"
+    work = sandbox / "deep" / "er"
+    work.mkdir(parents=True)
+    dest = work / "image.tar"
+    _hostile_archive(str(dest), kind)
+    with pytest.raises(archive.UnsafeArchiveError):
+        archive.read_archive_summary(str(dest), dest_format)
+    result = run(endpoint, options(endpoint, "one", dest, dest_format=dest_format))
+    assert result["changed"]
+    assert sorted(str(item.relative_to(sandbox)) for item in sandbox.rglob("*")) == ["deep", "deep/er", "deep/er/image.tar"]
+    summary = archive.read_archive_summary(str(dest), dest_format)
+    if dest_format == "oci-archive":
+        assert summary["manifests"][0]["digest"] == images["one"].digest
+    else:
+        assert summary["images"][0]["manifest_digest"] == images["one"].digest
 
 
 # containerd -----------------------------------------------------------------------------------------

@@ -215,7 +215,28 @@ def test_broken_source_is_refused_before_any_call(ecr_endpoint, built, damage):
     with pytest.raises(push.SourceError) as caught:
         run(ecr_endpoint, source)
     assert image.layers[1].digest in str(caught.value)
-    assert ecr_endpoint.stats()["api_calls_total"] == 0
+    calls = ecr_endpoint.stats()["api_calls"]
+    if damage == "flip":  # same size: found when the blobs to upload are hashed, still before any upload
+        assert "does not hash to its digest; nothing was pushed" in str(caught.value)
+        assert set(calls) <= {"BatchGetImage", "BatchCheckLayerAvailability"}  # no repository created, nothing uploaded
+    else:  # missing or the wrong size: before any call
+        assert ecr_endpoint.stats()["api_calls_total"] == 0
+
+
+def test_unchanged_push_does_not_hash_the_source(ecr_endpoint, built, monkeypatch):
+    """When every tag already points at the image, nothing is read beyond the manifests and sizes."""
+    source, image = built
+    run(ecr_endpoint, source)
+    hashed = []
+    real = layout.OciLayout.blob_status
+
+    def spy(self, digest, size, verify=False):
+        hashed.append(verify)
+        return real(self, digest, size, verify=verify)
+
+    monkeypatch.setattr(layout.OciLayout, "blob_status", spy)
+    again = run(ecr_endpoint, source)
+    assert not again["changed"] and hashed and not any(hashed)
 
 
 def test_ambiguous_source_needs_src_tag(ecr_endpoint, tmp_path):

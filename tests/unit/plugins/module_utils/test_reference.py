@@ -382,7 +382,29 @@ def test_long_reference_is_shortened_in_the_message():
     assert f"...({len(text)} characters)" in str(caught.value)
 
 
-# property tests
+# property tests: whatever comes in, either an ImageRef that round-trips or an InvalidReferenceError whose
+# message is one sentence for the operator
+
+def assert_operator_message(error: BaseException, given: object) -> None:
+    """An InvalidReferenceError (an EcrkitError with its code) on one line of ASCII, ending in a period,
+    with no Python showing through (a traceback, a None, a type's repr) unless the input said it."""
+    text = str(error)
+    assert isinstance(error, InvalidReferenceError) and isinstance(error, EcrkitError) and error.code == "invalid_reference"
+    assert text and text[0].isupper() and text.endswith(".") and "\n" not in text and text.isascii()
+    assert len(text) < 1500
+    for leak in ("Traceback", "None", "<class", "<object", "Error:"):
+        assert leak not in text or leak in repr(given), leak
+
+
+def _check_outcome(text: object, **kwargs: object) -> None:
+    """parse_reference gives an ImageRef that round-trips, or an InvalidReferenceError for the operator."""
+    try:
+        ref = parse_reference(text, **kwargs)  # type: ignore[arg-type]
+    except InvalidReferenceError as error:
+        assert_operator_message(error, (text, kwargs))
+    else:
+        assert parse_reference(str(ref)) == ref
+
 
 _ECRISH = st.sampled_from([
     US_WEST_2, ACCOUNT + ".dkr-ecr.us-west-2.on.aws", "ecr.aws/arn:aws:ecr:us-west-2:" + ACCOUNT + ":repository",
@@ -391,33 +413,24 @@ _ECRISH = st.sampled_from([
 ])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, derandomize=True)
 @given(st.text())
 def test_arbitrary_text_raises_only_invalid_reference(text):
-    try:
-        ref = parse_reference(text)
-    except InvalidReferenceError as error:
-        assert str(error)
-    else:
-        assert parse_reference(str(ref)) == ref
+    _check_outcome(text)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None, derandomize=True)
 @given(st.lists(_ECRISH, max_size=12).map("".join), st.one_of(st.none(), st.just("latest"), st.text(max_size=5)))
 def test_reference_like_text_raises_only_invalid_reference(text, default_tag):
-    try:
-        ref = parse_reference(text, default_tag=default_tag)
-    except InvalidReferenceError as error:
-        assert str(error).endswith(".")
-    else:
-        assert parse_reference(str(ref)) == ref
+    _check_outcome(text, default_tag=default_tag)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.one_of(st.integers(), st.binary(), st.none(), st.lists(st.text()), st.floats(), st.dictionaries(st.text(), st.text())))
 def test_any_object_raises_only_invalid_reference(value):
-    with pytest.raises(InvalidReferenceError):
+    with pytest.raises(InvalidReferenceError) as caught:
         parse_reference(value)  # type: ignore[arg-type]
+    assert_operator_message(caught.value, "")  # no "None" or "NoneType" for a missing reference either
 
 
 _COMPONENT = st.from_regex(r"[a-z0-9]{1,5}(?:(?:\.|_|__|-{1,2})[a-z0-9]{1,5}){0,2}", fullmatch=True)
@@ -457,7 +470,7 @@ def _ending(tag, digest):
     return (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(_generated())
 def test_generated_references_round_trip(generated):
     text, expected, fips, dual_stack = generated
@@ -468,3 +481,71 @@ def test_generated_references_round_trip(generated):
     assert parse_reference(str(ref)) == ref
     arn_ref = parse_reference(f"ecr.aws/{ref.arn}" + _ending(ref.tag, ref.digest))
     assert arn_ref == dataclasses.replace(ref, host=f"{ref.registry_id}.dkr.ecr.{ref.region}.{PARTITIONS[ref.partition].dns_suffix}")
+
+
+# hostile endings and parts: digests of unknown algorithms, bad or uppercase hex, wrong lengths; tags and
+# names with every character class; references edited one character at a time
+
+_DIGESTISH = st.one_of(
+    st.builds("{}:{}".format, st.sampled_from(["sha256", "sha512", "sha384", "md5", "blake3", "SHA256", "sha256+b64u", "", "sha-256"]),
+              st.one_of(st.text(alphabet="0123456789abcdef", min_size=60, max_size=130),
+                        st.text(alphabet="0123456789abcdefABCDEF", min_size=64, max_size=64), st.text(max_size=70))),
+    st.text(max_size=80),
+)
+_HOSTILE_CHARACTERS = st.sampled_from(list("/:@.-_ \t\n\x00\x7f\u00e9\u202e\ud800%$\\'\"") + ["..", "//", "::", "@@", "None", "${x}"])
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(_DIGESTISH, st.sampled_from(["", ":1.2"]))
+def test_digest_endings_are_refused_with_the_reason(digest, tag):
+    text = f"{US_WEST_2}/team/app{tag}@{digest}"
+    try:
+        ref = parse_reference(text)
+    except InvalidReferenceError as error:
+        assert_operator_message(error, text)
+        assert "digest" in str(error) or "whitespace" in str(error) or "characters" in str(error) or "'@'" in str(error)
+    else:
+        assert ref.digest == digest and digest.startswith("sha256:") and len(digest) == 71 and digest == digest.lower()
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.sampled_from(sorted(VALID)),
+       st.lists(st.tuples(st.integers(min_value=0), st.sampled_from(["insert", "replace", "delete"]), _HOSTILE_CHARACTERS),
+                min_size=1, max_size=3))
+def test_edited_references_raise_only_invalid_reference(text, edits):
+    for position, action, characters in edits:
+        position %= len(text) + 1
+        if action == "insert":
+            text = text[:position] + characters + text[position:]
+        elif action == "replace":
+            text = text[:position] + characters + text[position + 1:]
+        else:
+            text = text[:position] + text[position + 1:]
+    _check_outcome(text)
+
+
+_PART = st.one_of(st.none(), st.text(max_size=30), st.sampled_from(["aws", "us-west-2", ACCOUNT, "team/app", "1.2", DIGEST, US_WEST_2]))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.fixed_dictionaries({"partition": _PART, "region": _PART, "registry_id": _PART, "repository": _PART}),
+       st.fixed_dictionaries({}, optional={"tag": _PART, "digest": _PART, "host": _PART}))
+def test_image_ref_from_any_parts_raises_only_invalid_reference(parts, optional):
+    parts.update({key: value for key, value in optional.items() if not (key == "host" and value is None)})
+    try:
+        ref = ImageRef(**parts)
+    except InvalidReferenceError as error:
+        assert_operator_message(error, [value for value in parts.values() if isinstance(value, str)])  # None is shown as null
+    else:
+        assert parse_reference(str(ref)) == ref
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(_PART, _DIGESTISH, st.integers(), st.lists(st.text(max_size=3), max_size=2)))
+def test_with_tag_with_digest_and_check_region_raise_only_invalid_reference(value):
+    ref = parse_reference(US_WEST_2 + "/team/app:1")
+    for call in (ref.with_tag, ref.with_digest, lambda value: check_region(ref, value)):
+        try:
+            call(value)
+        except InvalidReferenceError as error:
+            assert_operator_message(error, value)
