@@ -865,7 +865,7 @@ class _BlobDownload:
     def open(self, fresh: bool = False) -> None:
         """Open (or create) the partial file, lock it, read the journal and plan the ranges."""
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
             raise storage_error(exc, "creating", self.path) from None
         try:
@@ -891,7 +891,7 @@ class _BlobDownload:
         if self.journal_fd >= 0:
             os.close(self.journal_fd)
             self.journal_fd = -1
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)  # never through a planted link
         try:
             self.journal_fd = os.open(self.journal, flags | (0 if append else os.O_TRUNC), 0o666)
             if not append:

@@ -26,7 +26,7 @@ from ansible_collections.ecrkit.images.plugins.module_utils import transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.transfer import (
     BlobAccessDeniedError, BlobHttpError, BlobJob, BlobVerificationError, RetryPolicy, TransferCancelled, TransferError,
     TransferPool, download_blobs, iter_parts, plan_parts)
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, NotWritableError, StorageError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError, NotWritableError, StorageError
 
 EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
 if EMULATOR_DIR not in sys.path:
@@ -1014,3 +1014,19 @@ def test_iter_parts_reads_one_part_at_a_time(tmp_path):
         list(iter_parts(str(path), [(0, len(data))]))
     with pytest.raises(StorageError):
         list(iter_parts(str(tmp_path / "missing"), parts))
+
+
+@pytest.mark.parametrize("planted", ["partial", "journal"])
+def test_a_symlink_planted_at_the_partial_or_journal_is_not_followed(blob_server, tmp_path, planted):
+    """The files are opened with O_NOFOLLOW: a link raced in after the layout's claim check is an error,
+    and its target is never written."""
+    data = os.urandom(3 * MIB)
+    blob = blob_server.add(data)
+    path = str(tmp_path / "blob.partial")
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"untouched")
+    os.symlink(str(target), path if planted == "partial" else transfer.journal_path(path))
+    with TransferPool(2) as pool:
+        with pytest.raises(EcrkitError):
+            download_blobs(pool, [BlobJob(blob.digest, len(data), path, blob.get_url)], chunk_size=MIB)
+    assert target.read_bytes() == b"untouched"
