@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 try:
     from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
-    from botocore.exceptions import NoCredentialsError, PartialCredentialsError, ReadTimeoutError
+    from botocore.exceptions import HTTPClientError, NoCredentialsError, PartialCredentialsError
 except ImportError:  # AnsibleAWSModule reports a missing botocore to the user
-    BotoCoreError = ClientError = BotoConnectionError = Exception  # type: ignore[misc,assignment]
-    NoCredentialsError = PartialCredentialsError = ReadTimeoutError = Exception  # type: ignore[misc,assignment]
+    BotoCoreError = ClientError = BotoConnectionError = HTTPClientError = Exception  # type: ignore[misc,assignment]
+    NoCredentialsError = PartialCredentialsError = Exception  # type: ignore[misc,assignment]
 
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import ImageRef
@@ -164,15 +164,28 @@ class EcrRepository:
             if retry:
                 self.retries += 1
 
-    def call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """Call ``operation`` (the boto3 method name) with retries; translate the final error."""
+    def call(self, operation: str, required: Sequence[str] = (), **params: Any) -> dict[str, Any]:
+        """Call ``operation`` (the boto3 method name) with retries; translate the final error.
+
+        Connection failures (refused, reset, closed before an answer, read timeout: botocore's
+        ConnectionError and HTTPClientError) are retried like throttling. So is an answer without the
+        ``required`` keys: botocore returns an empty answer for a body cut short.
+        """
         method = getattr(self._client, operation)
         attempt = 0
         while True:
             self._count(retry=attempt > 0)
             try:
-                return method(**params)
-            except (ClientError, BotoConnectionError, ReadTimeoutError) as exc:
+                answer = method(**params)
+                missing = [key for key in required if key not in answer]
+                if not missing:
+                    return answer
+                attempt += 1
+                if attempt >= self.retry.attempts:
+                    raise EndpointError(f"ECR answered {_api_name(operation)} without {', '.join(missing)} {attempt} times "
+                                        "(a truncated answer?); check the network path to the ECR API and try again.")
+                self._sleep(self.retry.delay(attempt - 1))
+            except (ClientError, BotoConnectionError, HTTPClientError) as exc:
                 transient = error_code(exc) in RETRYABLE_CODES or not isinstance(exc, ClientError)
                 attempt += 1
                 if not transient or attempt >= self.retry.attempts:
@@ -254,7 +267,7 @@ class EcrRepository:
     def get_download_url(self, digest: str) -> str:
         """GetDownloadUrlForLayer: a presigned URL for a blob. The URL is a credential: never show it."""
         try:
-            answer = self.call("get_download_url_for_layer", **self._params(layerDigest=digest))
+            answer = self.call("get_download_url_for_layer", required=("downloadUrl",), **self._params(layerDigest=digest))
         except EcrApiError as exc:
             if exc.aws_code in ("LayersNotFoundException", "LayerInaccessibleException"):
                 raise LayerNotFoundError(
@@ -276,7 +289,11 @@ class EcrRepository:
         params: dict[str, Any] = self._params()
         if tag_mutability:
             params["imageTagMutability"] = tag_mutability
-        self.call("create_repository", **params)
+        try:
+            self.call("create_repository", **params)
+        except EcrApiError as exc:
+            if exc.aws_code != "RepositoryAlreadyExistsException":
+                raise  # else: a concurrent push, or our own first attempt whose answer was lost, made it
 
     def missing_blobs(self, digests: Iterable[str]) -> list[str]:
         """BatchCheckLayerAvailability in batches of 100: the digests ECR does not have, in input order."""
@@ -320,7 +337,7 @@ class EcrRepository:
 
     def initiate_layer_upload(self) -> tuple[str, int]:
         """InitiateLayerUpload: ``(uploadId, partSize)``."""
-        answer = self.call("initiate_layer_upload", **self._params())
+        answer = self.call("initiate_layer_upload", required=("uploadId", "partSize"), **self._params())
         return str(answer["uploadId"]), int(answer["partSize"])
 
     def upload_layer_part(self, upload_id: str, first: int, last: int, data: bytes) -> None:

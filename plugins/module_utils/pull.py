@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -357,15 +358,33 @@ class _LayoutTarget:
 
 
 class _ArchiveTarget(_LayoutTarget):
-    """An archive file, assembled in a staging layout beside it."""
+    """An archive file, assembled in a staging layout beside it.
+
+    One pull at a time per archive path: a lock file beside it (``.NAME.ecrkit-lock``, removed after)
+    is held from the first look at the archive to the end, so a second pull of the same image waits and
+    then finds it done, and none removes the staging layout another is using. Under that lock, temporary
+    archives that a killed run left (``.NAME.<random>.tmp``) are removed.
+    """
 
     def __init__(self, options: PullOptions) -> None:  # pylint: disable=super-init-not-called
         self.options = options
         _refuse_symlink(options.dest, archive.UnsafeArchiveError, "an archive")
         directory, name = os.path.split(os.path.abspath(options.dest))
         self.root = os.path.join(directory, f".{name}.ecrkit-staging")
+        self.lock_file = os.path.join(directory, f".{name}.ecrkit-lock")
+        self.lock_fd: Optional[int] = None
+        if not options.check_mode and os.path.isdir(directory):
+            self.lock_fd = layout.lock_path(self.lock_file, None, f"the archive {options.dest}")
+            _remove_stale_temps(directory, name)
         self.store = OciLayout(self.root) if _is_layout(self.root) else None
         self.summary = _archive_summary(options.dest, options.dest_format)
+
+    def close(self) -> None:
+        if self.lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_file)  # a waiting run notices, and locks the file it creates anew
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def recorded_digest(self, name: str) -> Optional[str]:
         if not self.summary:
@@ -392,6 +411,16 @@ class _ArchiveTarget(_LayoutTarget):
         else:
             archive.write_docker_archive(store, options.entry_name, options.dest, [_repo_tag(options)])
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_stale_temps(directory: str, name: str) -> None:
+    """Remove the temporary archives (``.NAME.<16 hex>.tmp``) of runs that were killed while writing."""
+    pattern = re.compile(r"\." + re.escape(name) + r"\.[0-9a-f]{16}\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(directory):
+            if pattern.fullmatch(entry):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, entry))
 
 
 def _local_plan(options: PullOptions, reader: Any, digest: str, top: Optional[Document]) -> _Plan:

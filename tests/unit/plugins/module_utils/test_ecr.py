@@ -245,3 +245,52 @@ def test_max_attempts_is_bounded(attempts):
         ecr.check_max_attempts(attempts)
     ecr.check_max_attempts(1)
     ecr.check_max_attempts(50)
+
+
+class _Scripted:
+    """A stand-in boto3 client whose methods play a script: each step an answer or an exception."""
+
+    def __init__(self, **scripts):
+        self.scripts = {name: list(steps) for name, steps in scripts.items()}
+        self.calls = []
+
+    def __getattr__(self, name):
+        def method(**params):
+            self.calls.append(name)
+            step = self.scripts[name].pop(0)
+            if isinstance(step, BaseException):
+                raise step
+            return step
+        return method
+
+
+def _repository(client, attempts=3):
+    ref = parse_reference("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1.0")
+    return ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=attempts), sleep=lambda seconds: None)
+
+
+def test_a_connection_closed_before_the_answer_is_retried():
+    from botocore.exceptions import ConnectionClosedError, ReadTimeoutError  # pylint: disable=import-outside-toplevel
+    client = _Scripted(initiate_layer_upload=[ConnectionClosedError(endpoint_url="http://x"),
+                                              ReadTimeoutError(endpoint_url="http://x"),
+                                              {"uploadId": "u", "partSize": 5242880}])
+    repository = _repository(client)
+    assert repository.initiate_layer_upload() == ("u", 5242880)
+    assert repository.retries == 2
+
+
+def test_a_truncated_answer_is_retried_then_reported():
+    client = _Scripted(get_download_url_for_layer=[{"ResponseMetadata": {}}, {"downloadUrl": "https://x/y", "layerDigest": "d"}])
+    assert _repository(client).get_download_url("sha256:" + "a" * 64) == "https://x/y"
+    client = _Scripted(initiate_layer_upload=[{"ResponseMetadata": {}}] * 3)
+    with pytest.raises(ecr.EndpointError, match="ECR answered InitiateLayerUpload without uploadId, partSize 3 times"):
+        _repository(client).initiate_layer_upload()
+
+
+def test_create_repository_that_another_run_just_created():
+    from botocore.exceptions import ClientError  # pylint: disable=import-outside-toplevel
+    exists = ClientError({"Error": {"Code": "RepositoryAlreadyExistsException", "Message": "exists"}}, "CreateRepository")
+    _repository(_Scripted(create_repository=[exists])).create_repository()
+    denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "CreateRepository")
+    with pytest.raises(ecr.AccessDeniedError):
+        _repository(_Scripted(create_repository=[denied])).create_repository()
