@@ -68,6 +68,7 @@ BLOBS_DIR = "blobs"
 PRIVATE_DIR = ".ecrkit"
 PARTIAL_DIR = PRIVATE_DIR + "/partial"
 LOCK_FILE = PRIVATE_DIR + "/lock"
+VERIFIED_DIR = PRIVATE_DIR + "/verified"  # one stamp per blob hashed: inode, size, mtime, ctime when it matched
 JOURNAL_SUFFIX = ".journal"
 CLAIM_SUFFIX = ".lock"
 TEMP_PREFIX = "tmp-"
@@ -280,6 +281,10 @@ def _unlink_quiet(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _stamp(info: os.stat_result) -> bytes:
+    return f"{info.st_ino} {info.st_size} {info.st_mtime_ns} {info.st_ctime_ns}\n".encode("ascii")
 
 
 def _sha256_fd(fd: int) -> str:
@@ -596,6 +601,50 @@ class OciLayout:
         """True when the blob is stored with that size (and, with ``verify``, those bytes)."""
         return self.blob_status(digest, size, verify) == BLOB_PRESENT
 
+    def verified_status(self, digest: str, size: int, record: bool = True) -> str:
+        """:meth:`blob_status` with the bytes checked, hashing only a file that changed since it last matched.
+
+        A stamp (``.ecrkit/verified/<hex>``: inode, size, mtime and ctime) is kept when a blob's bytes are
+        known to match its digest: at commit, and after a successful check here (unless ``record`` is
+        false, as in check mode). A file whose stamp still matches is not read again; any write to it,
+        a replacement or a ``touch`` changes its ctime or inode, and it is hashed again. So a tampered blob
+        is found on the next run, while a run that changes nothing reads no layer.
+        """
+        state = self.blob_status(digest, size)
+        if state != BLOB_PRESENT:
+            return state
+        path = self.blob_path(digest)
+        try:
+            info = os.lstat(path)
+        except OSError as exc:
+            raise translate_os_error(exc, f"checking blob {digest}", path) from None
+        stamp_path = self._path(VERIFIED_DIR + "/" + digest_hex(digest))
+        try:
+            with open(stamp_path, "rb") as handle:
+                if handle.read(200) == _stamp(info):
+                    return BLOB_PRESENT
+        except OSError:
+            pass  # no stamp (yet): hash it
+        state = self.blob_status(digest, size, verify=True)
+        if state == BLOB_PRESENT and record:
+            self._record_verified(digest, info)
+        return state
+
+    def _record_verified(self, digest: str, info: os.stat_result | None = None) -> None:
+        """Best effort: a stamp that cannot be written only means the blob is hashed again next time."""
+        try:
+            if info is None:
+                info = os.lstat(self.blob_path(digest))
+            directory = self._ensure_dir(VERIFIED_DIR)
+            fd, tmp = create_temp(directory, ".stamp-")
+            try:
+                os.write(fd, _stamp(info))
+            finally:
+                os.close(fd)
+            os.replace(tmp, os.path.join(directory, digest_hex(digest)))
+        except (OSError, LayoutError):
+            pass
+
     def open_blob(self, digest: str) -> BinaryIO:
         """Open a stored blob for reading (binary, unbuffered position; the caller closes it)."""
         path = self.blob_path(digest)
@@ -648,6 +697,7 @@ class OciLayout:
             raise translate_os_error(exc, f"storing blob {digest}", target) from None
         if fsync:
             fsync_dir(os.path.dirname(target))
+        self._record_verified(digest)
         return digest
 
     # partial downloads -----------------------------------------------------------------------------
@@ -728,6 +778,7 @@ class OciLayout:
         _unlink_quiet(partial_path + JOURNAL_SUFFIX)
         if fsync:
             fsync_dir(os.path.dirname(target))
+        self._record_verified(digest)
         return target
 
     def list_partials(self) -> list[PartialBlob]:

@@ -13,11 +13,10 @@ keeps partial downloads across interrupted runs and is removed once the archive 
 
 A ``dest`` that is a symbolic link is refused before any API call (an OCI layout or archive is written
 at the path given, never wherever a link planted there points). What a layout destination already
-holds counts as present when it is a regular file of the right size under its digest; a blob of at most
-:data:`VERIFIED_BLOB_SIZE` bytes (configs, small layers) must also hash to its digest, and a manifest
-that does not is fetched from ECR again. Anything else is downloaded again and replaces what was there.
-Larger layers are trusted by name and size: hashing them would cost seconds per GiB on every run that
-changes nothing.
+holds counts as present when it is a regular file of the right size whose bytes hash to its digest; a
+blob unchanged (inode, size, mtime, ctime) since it last matched is not read again
+(:meth:`OciLayout.verified_status`), so a tampered blob is found and fetched again while a run that
+changes nothing reads no layer. A manifest that does not match is fetched from ECR again.
 
 containerd (:class:`_ContainerdTarget`) records the name of the image against what the reference
 resolves to, an index included, as containerd's own pull does. The blobs containerd lacks are staged in
@@ -50,9 +49,6 @@ FORMATS = ("oci", "oci-archive", "docker-archive", "containerd")
 POLICIES = ("always", "missing")
 MIN_CHUNK_SIZE = 1024 * 1024
 ALL_PLATFORMS = "all"
-VERIFIED_BLOB_SIZE = 1024 * 1024
-"""Blobs up to this size found in a layout destination (configs, small layers) are hashed before they count
-as present; a config altered on disk would otherwise change what a container runs."""
 
 Document = manifest.ManifestDocument
 
@@ -255,9 +251,10 @@ def _download(options: PullOptions, repository: EcrRepository, store: OciLayout,
     return sum(result.bytes_transferred for result in results)
 
 
-def _stored(store: OciLayout, blob: Descriptor) -> bool:
-    """Whether ``store`` holds ``blob``: its size, and for a small blob its digest (see :data:`VERIFIED_BLOB_SIZE`)."""
-    return store.has_blob(blob.digest, blob.size, verify=blob.size <= VERIFIED_BLOB_SIZE)
+def _stored(store: OciLayout, blob: Descriptor, record: bool = True) -> bool:
+    """Whether ``store`` holds ``blob`` with its bytes: hashed unless unchanged since they last matched
+    (:meth:`OciLayout.verified_status`)."""
+    return store.verified_status(blob.digest, blob.size, record=record) == layout.BLOB_PRESENT
 
 
 def _refuse_symlink(dest: str, error: Callable[[str], EcrkitError], what: str) -> None:
@@ -321,7 +318,7 @@ class _LayoutTarget:
         return entry["digest"] if entry else None
 
     def has_blob(self, blob: Descriptor) -> bool:
-        return bool(self.store and _stored(self.store, blob))
+        return bool(self.store and _stored(self.store, blob, record=not self.options.check_mode))
 
     def missing(self, blobs: List[Descriptor]) -> List[Descriptor]:
         return [blob for blob in blobs if not self.has_blob(blob)]

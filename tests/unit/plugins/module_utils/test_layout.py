@@ -795,3 +795,23 @@ def test_umoci_reads_a_layout_with_partials_and_gc_leaves_them(tmp_path):
     assert len(layout.list_partials()) == 2
     for desc in built.blob_descriptors():
         assert layout.has_blob(desc.digest, desc.size, verify=True)
+
+
+def test_verified_status_hashes_only_what_changed_since_it_matched(tmp_path):
+    store = OciLayout(str(tmp_path / "layout"), create=True)
+    data = os.urandom(100000)
+    digest = store.write_blob(data)  # verified as written: a stamp is kept
+    stamp = tmp_path / "layout" / ".ecrkit" / "verified" / digest.split(":")[1]
+    assert stamp.is_file()
+    assert store.verified_status(digest, len(data)) == BLOB_PRESENT
+    with open(store.blob_path(digest), "r+b") as handle:  # same size, one byte changed
+        handle.seek(500)
+        handle.write(bytes([data[500] ^ 1]))
+    assert store.verified_status(digest, len(data)) == BLOB_DIGEST_MISMATCH
+    with open(store.blob_path(digest), "r+b") as handle:  # put back: it matches again, and is stamped anew
+        handle.seek(500)
+        handle.write(bytes([data[500]]))
+    stamp.unlink()
+    assert store.verified_status(digest, len(data), record=False) == BLOB_PRESENT and not stamp.exists()
+    assert store.verified_status(digest, len(data)) == BLOB_PRESENT and stamp.is_file()
+    assert store.verified_status(digest, len(data) + 1) == BLOB_SIZE_MISMATCH
