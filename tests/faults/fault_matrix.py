@@ -664,8 +664,12 @@ def layout_leftovers(root: str) -> List[str]:
     private = os.path.join(root, ".ecrkit")
     if os.path.isdir(private):
         for name in os.listdir(private):
-            if name not in ("lock", "partial"):
+            if name not in ("lock", "partial", "verified"):
                 found.append(os.path.join(private, name))
+        verified = os.path.join(private, "verified")  # a stamp per verified blob is kept; a temporary stamp is not
+        if os.path.isdir(verified):
+            found.extend(os.path.join(verified, name) for name in sorted(os.listdir(verified))
+                         if not re.fullmatch(r"[0-9a-f]{64}", name))
         partial = os.path.join(private, "partial")
         if os.path.isdir(partial):
             found.extend(os.path.join(partial, name) for name in sorted(os.listdir(partial)))
