@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, layout, manifest, transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrRepository, RetryPolicy, check_max_attempts
@@ -166,6 +166,7 @@ def _pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository], ta
     wanted = target.wanted_digest(top, entry)
 
     if before == wanted and target.complete(wanted):
+        target.tidy(wanted)
         plan = target.local_plan(wanted, top)
         return _result(options, plan, before, wanted, [], 0, started, changed=False, repository=repository, target=target)
 
@@ -240,14 +241,14 @@ def _download(options: PullOptions, repository: EcrRepository, store: OciLayout,
             if not _stored(store, blob):
                 jobs.append(transfer.BlobJob(digest=blob.digest, size=blob.size, path=path,
                                              get_url=_url_provider(repository, blob.digest)))
-        if not jobs:
-            return 0
-        with transfer.TransferPool(options.max_connections, verify=options.tls_verify, retry=options.blob_retry,
-                                   read_timeout=options.download_timeout) as pool:
-            results = transfer.download_blobs(pool, jobs, chunk_size=options.chunk_size, ranged=options.ranged)
+        results: List[transfer.DownloadResult] = []
+        if jobs:
+            with transfer.TransferPool(options.max_connections, verify=options.tls_verify, retry=options.blob_retry,
+                                       read_timeout=options.download_timeout) as pool:
+                results = transfer.download_blobs(pool, jobs, chunk_size=options.chunk_size, ranged=options.ranged)
         for result in results:
             store.commit_blob(result.path, result.digest, result.size)
-    store.cleanup_partials()
+    store.cleanup_partials()  # also what a killed run left of blobs it had committed
     return sum(result.bytes_transferred for result in results)
 
 
@@ -349,6 +350,9 @@ class _LayoutTarget:
 
     def extra_result(self, plan: _Plan) -> Dict[str, Any]:  # pylint: disable=unused-argument
         return {}
+
+    def tidy(self, digest: str) -> None:
+        """On an unchanged run, remove what an interrupted run left: nothing for a layout or an archive."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -553,25 +557,51 @@ class _ContainerdTarget(_LayoutTarget):
         """Lock this image's staging layout, and protect its content in containerd under a staging name."""
         if plan is None:
             raise EcrkitError("containerd needs the plan before anything is stored.")
+        root, self.lock_file = self._staging_paths(plan.top.digest, create=True)
+        self.lock_fd = layout.lock_path(self.lock_file, None, f"the pull of {plan.top.digest} into containerd")
+        self.staging = OciLayout(root, create=True)
+        self.staging_image = containerd.staging_name(plan.top.digest)
+        self._keep_platforms(plan)  # before an import relabels the index with this platform only
+        self._import(plan, [self.staging_image], unpack=False)
+        self._keep_platforms(plan)
+        return self.staging
+
+    def _staging_paths(self, digest: str, create: bool) -> Tuple[str, str]:
+        """The staging layout and lock file of the pull of ``digest``."""
         base = self.options.dest
         if base:
             try:
-                os.makedirs(base, exist_ok=True)
+                if create:
+                    os.makedirs(base, exist_ok=True)
             except OSError as exc:
                 raise storage_error(exc, "creating the staging directory", base) from None
         else:
             base = os.environ.get("TMPDIR") or "/var/tmp"
             if not os.path.isdir(base):
                 base = tempfile.gettempdir()
-        name = plan.top.digest.replace(":", "-")
-        self.lock_file = os.path.join(base, f".ecrkit-containerd-{name}.lock")
-        self.lock_fd = layout.lock_path(self.lock_file, None, f"the pull of {plan.top.digest} into containerd")
-        self.staging = OciLayout(os.path.join(base, f".ecrkit-containerd-{name}"), create=True)
-        self.staging_image = containerd.staging_name(plan.top.digest)
-        self._keep_platforms(plan)  # before an import relabels the index with this platform only
-        self._import(plan, [self.staging_image], unpack=False)
-        self._keep_platforms(plan)
-        return self.staging
+        name = digest.replace(":", "-")
+        return os.path.join(base, f".ecrkit-containerd-{name}"), os.path.join(base, f".ecrkit-containerd-{name}.lock")
+
+    def tidy(self, digest: str) -> None:
+        """On an unchanged run: remove what a run killed after naming the image left (staging name, layout, lock)."""
+        if self.options.check_mode:
+            return
+        root, lock_file = self._staging_paths(digest, create=False)
+        if not (os.path.exists(root) or os.path.exists(lock_file)):
+            return
+        try:
+            fd = layout.lock_path(lock_file, 0, "a staging layout")
+        except layout.LockTimeoutError:
+            return  # another pull of this image is running: it cleans up after itself
+        try:
+            staging_image = containerd.staging_name(digest)
+            if self.client.image(staging_image):
+                self.client.remove_images([staging_image])
+            shutil.rmtree(root, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(lock_file)
+        finally:
+            os.close(fd)
 
     def _keep_platforms(self, plan: _Plan) -> None:
         if isinstance(plan.top, ImageIndex):

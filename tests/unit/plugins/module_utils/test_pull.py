@@ -726,3 +726,23 @@ def test_containerd_interrupted_pull_keeps_its_blobs_from_gc_and_resumes(seeded,
     assert again["changed"] and again["bytes_transferred"] == 0  # the other blobs were staged already
     assert private_containerd.image_names() == sorted(again["containerd"]["images"])
     assert not os.listdir(tmp_path / "s")
+
+
+def test_containerd_unchanged_run_removes_what_a_late_kill_left(seeded, private_containerd, tmp_path, monkeypatch):
+    """Killed after the image was named but before the staging name was removed: the next run finds the
+    image complete (unchanged) and removes the staging name, layout and lock."""
+    endpoint, images = seeded
+
+    def killed(self, names):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(containerd.Containerd, "remove_images", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s"))
+    monkeypatch.undo()
+    assert containerd.staging_name(images["one"].digest) in private_containerd.image_names()
+    assert os.listdir(tmp_path / "s")
+    again = run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s"))
+    assert not again["changed"] and again["api_calls"] == 1
+    assert private_containerd.image_names() == sorted(again["containerd"]["images"])
+    assert not os.listdir(tmp_path / "s")
