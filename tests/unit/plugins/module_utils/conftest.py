@@ -104,10 +104,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # pylint: disable=invalid-name
         owner = self.server.owner
         path, dummy, query = self.path.partition('?')
-        blob = owner.blobs.get(path.rsplit('/', 1)[-1])
         entry: Dict[str, Any] = {'path': path, 'range': self.headers.get('Range'), 'status': 0, 'sent': 0}
         with owner.lock:
             owner.log.append(entry)
+            owner.handling += 1
+        try:
+            self._answer(entry, owner, path, query)
+        finally:
+            # The client can have every byte before write() returns here: counters are final only now.
+            with owner.finished:
+                owner.handling -= 1
+                owner.finished.notify_all()
+
+    def _answer(self, entry: Dict[str, Any], owner: 'BlobServer', path: str, query: str) -> None:
+        blob = owner.blobs.get(path.rsplit('/', 1)[-1])
         if blob is None:
             self._status(entry, 404)
             return
@@ -224,6 +234,8 @@ class BlobServer:
         self.blobs: Dict[str, ServedBlob] = {}
         self.log: List[Dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.finished = threading.Condition(self.lock)
+        self.handling = 0
         self.released = threading.Event()
         self._server = _Server(('127.0.0.1', 0), _Handler)
         self._server.owner = self
@@ -244,6 +256,9 @@ class BlobServer:
             return [dict(entry) for entry in self.log if blob is None or entry['path'].endswith('/' + blob.name)]
 
     def bytes_sent(self, blob: Optional[ServedBlob] = None) -> int:
+        """Body bytes sent, once the requests under way have been answered."""
+        with self.finished:
+            self.finished.wait_for(lambda: not self.handling, timeout=10)
         return sum(entry['sent'] for entry in self.requests(blob))
 
     def stop(self) -> None:
