@@ -130,6 +130,22 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+def _unreadable_error(exc: BaseException) -> bool:
+    """An error answer without a readable ECR error type: botocore then gives the HTTP status as the
+    code, and the raw body (never shown: it is not ECR's text) as the message."""
+    return isinstance(exc, ClientError) and error_code(exc).isdigit()
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if not isinstance(exc, ClientError):
+        return True  # connection refused, reset or closed, read timeout
+    if _unreadable_error(exc):
+        # A body cut short (a JSON fragment) is worth another try, as is a 5xx from a load balancer;
+        # a proxy's own 4xx page is not.
+        return int(error_code(exc)) >= 500 or str(exc.response.get("Error", {}).get("Message", "")).lstrip().startswith("{")
+    return error_code(exc) in RETRYABLE_CODES
+
+
 def _error_message(exc: BaseException) -> str:
     if isinstance(exc, ClientError) and hasattr(exc, "response"):
         return str(exc.response.get("Error", {}).get("Message", "")).rstrip(".")
@@ -168,8 +184,9 @@ class EcrRepository:
         """Call ``operation`` (the boto3 method name) with retries; translate the final error.
 
         Connection failures (refused, reset, closed before an answer, read timeout: botocore's
-        ConnectionError and HTTPClientError) are retried like throttling. So is an answer without the
-        ``required`` keys: botocore returns an empty answer for a body cut short.
+        ConnectionError and HTTPClientError) are retried like throttling. So are answers cut short:
+        a success without the ``required`` keys (botocore parses what arrived) and an error whose
+        body is a JSON fragment.
         """
         method = getattr(self._client, operation)
         attempt = 0
@@ -186,9 +203,8 @@ class EcrRepository:
                                         "(a truncated answer?); check the network path to the ECR API and try again.")
                 self._sleep(self.retry.delay(attempt - 1))
             except (ClientError, BotoConnectionError, HTTPClientError) as exc:
-                transient = error_code(exc) in RETRYABLE_CODES or not isinstance(exc, ClientError)
                 attempt += 1
-                if not transient or attempt >= self.retry.attempts:
+                if not _is_transient(exc) or attempt >= self.retry.attempts:
                     raise self.translate(operation, exc, retries=attempt - 1) from None
                 self._sleep(self.retry.delay(attempt - 1))
             except (NoCredentialsError, PartialCredentialsError) as exc:
@@ -222,6 +238,12 @@ class EcrRepository:
         if code == "RepositoryNotFoundException":
             return RepositoryNotFoundError(
                 f"The {self._where} does not exist; check the reference's account, region and repository name.")
+        if _unreadable_error(exc):
+            times = "once" if not retries else f"{retries + 1} times in a row"
+            return EndpointError(
+                f"ECR answered {_api_name(operation)} with HTTP {code} and an error body that could not be read "
+                f"(cut short, or not from ECR: a proxy?) {times}; check the network path to the ECR "
+                "API (proxy, endpoint_url) and try again.")
         if code in RETRYABLE_CODES:
             return EcrApiError(
                 f"ECR kept answering {_api_name(operation)} with {code} after {retries} retries; try again later "

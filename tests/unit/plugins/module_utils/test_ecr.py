@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import sys
+import threading
 
 import boto3
 import pytest
@@ -294,3 +297,85 @@ def test_create_repository_that_another_run_just_created():
     denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "CreateRepository")
     with pytest.raises(ecr.AccessDeniedError):
         _repository(_Scripted(create_repository=[denied])).create_repository()
+
+
+class _CutShortServer:
+    """An HTTP server whose first ``cut`` answers are ECR's RepositoryNotFoundException cut in half
+    (the declared Content-Length, half the body, then the connection closes), then whole ones; or,
+    with ``proxy_page``, an HTML 403 as a proxy would send."""
+
+    ANSWER = b'{"__type":"RepositoryNotFoundException","message":"The repository with name \'app\' does not exist"}'
+
+    def __init__(self, cut, proxy_page=False):
+        self.cut = cut
+        self.proxy_page = proxy_page
+        self.answers = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, dummy = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, dummy, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.answers += 1
+                if self.proxy_page:
+                    status, kind, payload = b"403 Forbidden", b"text/html", b"<html>Blocked by policy</html>"
+                else:
+                    status, kind, payload = b"400 Bad Request", b"application/x-amz-json-1.1", self.ANSWER
+                sent = payload[:len(payload) // 2] if self.answers <= self.cut else payload
+                conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + kind + b"\r\nConnection: close\r\n"
+                             + b"Content-Length: %d\r\n\r\n" % len(payload) + sent)
+
+    def close(self):
+        self.sock.close()
+
+
+def _real_client(url):
+    return boto3.client("ecr", region_name="us-east-1", endpoint_url=url, aws_access_key_id="AKIDEXAMPLE",
+                        aws_secret_access_key="secret", config=Config(**ecr.client_config(parse_reference(
+                            "123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1"))))
+
+
+def test_an_error_answer_cut_short_is_retried_and_then_understood():
+    server = _CutShortServer(cut=2)
+    try:
+        repository = _repository(_real_client(server.url))
+        assert repository.repository_exists() is False  # the third, whole answer: RepositoryNotFoundException
+        assert server.answers == 3 and repository.retries == 2
+    finally:
+        server.close()
+
+
+def test_error_answers_always_cut_short_end_in_one_sentence_without_the_fragment():
+    server = _CutShortServer(cut=1000)
+    try:
+        with pytest.raises(ecr.EndpointError) as caught:
+            _repository(_real_client(server.url)).repository_exists()
+    finally:
+        server.close()
+    message = str(caught.value)
+    assert message == ("ECR answered DescribeRepositories with HTTP 400 and an error body that could not be read (cut "
+                       "short, or not from ECR: a proxy?) 3 times in a row; check the network path to the ECR API "
+                       "(proxy, endpoint_url) and try again.")
+    assert server.answers == 3
+
+
+def test_a_proxy_page_is_not_retried():
+    server = _CutShortServer(cut=0, proxy_page=True)
+    try:
+        with pytest.raises(ecr.EndpointError, match=r"with HTTP 403 and an error body that could not be read .* once;"):
+            _repository(_real_client(server.url)).repository_exists()
+    finally:
+        server.close()
+    assert server.answers == 1
