@@ -64,6 +64,12 @@ class LayerNotFoundError(EcrApiError):
     code = "layer_not_found"
 
 
+class LayerRefusedError(EcrApiError):
+    """CompleteLayerUpload found that the uploaded parts do not hash to the layer's digest."""
+
+    code = "layer_refused"
+
+
 class CredentialsError(EcrApiError):
     code = "credentials"
 
@@ -152,6 +158,17 @@ def _error_message(exc: BaseException) -> str:
     return str(exc).rstrip(".")
 
 
+_sending = threading.local()
+
+
+def _before_send(**dummy: Any) -> None:
+    """botocore's ``before-send`` event for UploadLayerPart, in the calling thread, once the request is
+    built and signed: the caller's ``wait_before_sending`` holds it there (see upload_layer_part)."""
+    wait = getattr(_sending, "wait", None)
+    if wait is not None:
+        wait()
+
+
 class EcrRepository:
     """The ECR API calls on one repository, with retries, counting and error translation."""
 
@@ -164,6 +181,10 @@ class EcrRepository:
         self._lock = threading.Lock()
         self.api_calls = 0
         self.retries = 0
+        events = getattr(getattr(client, "meta", None), "events", None)
+        self._hooked = events is not None
+        if events is not None:
+            events.register("before-send.ecr.UploadLayerPart", _before_send, unique_id="ecrkit-before-send")
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -362,13 +383,23 @@ class EcrRepository:
         answer = self.call("initiate_layer_upload", required=("uploadId", "partSize"), **self._params())
         return str(answer["uploadId"]), int(answer["partSize"])
 
-    def upload_layer_part(self, upload_id: str, first: int, last: int, data: bytes) -> None:
+    def upload_layer_part(self, upload_id: str, first: int, last: int, data: bytes,
+                          wait_before_sending: Callable[[], None] | None = None) -> None:
         """UploadLayerPart of the bytes ``first``..``last`` (inclusive).
+
+        ``wait_before_sending`` is called once the request is built and signed, just before it is
+        sent (again before each retry): ECR takes a layer's parts only in order, so a caller builds
+        the next part while the previous one is still on its way, and waits here for it to be in.
+        Whatever it raises ends the call.
 
         A retry of a part whose first attempt ECR did receive (the answer was lost) meets
         ``InvalidLayerPartException`` with ``lastValidByteReceived`` at the part's last byte: the part is
         in, and CompleteLayerUpload still checks every byte against the layer's digest.
         """
+        if wait_before_sending is not None and not self._hooked:
+            wait_before_sending()  # a client without botocore's events (a test double)
+            wait_before_sending = None
+        _sending.wait = wait_before_sending
         try:
             self.call("upload_layer_part", **self._params(uploadId=upload_id, partFirstByte=first, partLastByte=last,
                                                           layerPartBlob=data))
@@ -376,6 +407,8 @@ class EcrRepository:
             if exc.aws_code == "InvalidLayerPartException" and exc.last_valid_byte == last:
                 return
             raise
+        finally:
+            _sending.wait = None
 
     def complete_layer_upload(self, upload_id: str, digest: str) -> bool:
         """CompleteLayerUpload; True when the layer was stored, False when ECR already had it
@@ -388,8 +421,8 @@ class EcrRepository:
             if exc.aws_code == "UploadNotFoundException" and not self.missing_blobs([digest]):
                 return False  # a retry after a lost answer: the first attempt completed the upload
             if exc.aws_code == "InvalidLayerException":
-                raise EcrApiError(f"ECR refused the layer {digest} in {self._where}: the uploaded bytes do not hash to it "
-                                  "(the source changed during the upload?).", exc.aws_code) from None
+                raise LayerRefusedError(f"ECR refused the layer {digest} in {self._where}: the uploaded bytes do not hash "
+                                        "to it.", exc.aws_code) from None
             raise
         return True
 

@@ -28,16 +28,19 @@ upload on the one :class:`~transfer.TransferPool`, several at once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, manifest, transfer
-from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrApiError, EcrRepository, RepositoryNotFoundError, RetryPolicy, check_max_attempts
+from ansible_collections.ecrkit.images.plugins.module_utils.ecr import (
+    EcrApiError, EcrRepository, LayerRefusedError, RepositoryNotFoundError, RetryPolicy, check_max_attempts)
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import BLOB_PRESENT, OciLayout, ref_name
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import Descriptor, parse_manifest
@@ -474,23 +477,143 @@ def _upload(options: PushOptions, repository: EcrRepository, blobs: _Blobs, laye
     """Upload ``layers`` (several at once, each in order); return the bytes sent."""
     if not layers:
         return 0
-    with transfer.TransferPool(min(options.max_concurrent_uploads, len(layers))) as pool:
+    in_flight = min(options.max_concurrent_uploads, len(layers))
+    with transfer.TransferPool(in_flight + 1) as pool:  # a part of each layer, and one built ahead
         group = pool.group()
-        tasks = [group.submit(_upload_one, repository, blobs, layer, group) for layer in layers]
+        uploads = _LayerUploads(repository, blobs, layers, group)
+        for dummy in range(in_flight):
+            uploads.start_next_layer()
         group.wait()
-        return sum(task.result() for task in tasks)
+        return uploads.sent
 
 
-def _upload_one(repository: EcrRepository, blobs: _Blobs, layer: Descriptor, group: transfer.TaskGroup) -> int:
-    upload_id, part_size = repository.initiate_layer_upload()
-    part_size = min(max(part_size, transfer.ECR_MIN_PART_SIZE), transfer.ECR_MAX_PART_SIZE)
-    sent = 0
-    for first, last, data in blobs.parts(layer.digest, transfer.plan_parts(layer.size, part_size)):
-        group.check()
-        repository.upload_layer_part(upload_id, first, last, data)
-        sent += len(data)
-    repository.complete_layer_upload(upload_id, layer.digest)
-    return sent
+class _PartReader:
+    """A layer's parts as the source yields them, numbered in that order, one reader at a time."""
+
+    def __init__(self, parts: Iterator[Tuple[int, int, bytes]]) -> None:
+        self._parts = parts
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def next(self) -> Tuple[int, int, int, bytes]:
+        """``(number, first, last, data)`` of the next part."""
+        with self._lock:
+            first, last, data = next(self._parts)
+            self._count += 1
+            return self._count - 1, first, last, data
+
+    def close(self) -> None:
+        with self._lock:
+            close = getattr(self._parts, "close", None)
+            if close is not None:
+                close()
+
+
+class _LayerUpload:
+    """One layer on its way: its upload ID, its parts, which of them ECR has, and its part tasks."""
+
+    def __init__(self, layer: Descriptor, attempt: int, upload_id: str, reader: _PartReader, parts: int) -> None:
+        self.layer = layer
+        self.attempt = attempt
+        self.upload_id = upload_id
+        self.reader = reader
+        self.received = [threading.Event() for dummy in range(parts)]
+        self.submitted = 0  # part tasks started so far
+        self.outstanding = 0  # part tasks not finished
+
+
+class _LayerUploads:
+    """The uploads of one push as tasks on a :class:`~transfer.TransferPool`: ``in_flight`` layers at a
+    time, each in order.
+
+    ECR takes a layer's parts only in order, and building an UploadLayerPart request (base64, JSON,
+    SigV4 payload hash) takes about as long as sending it. Layers in flight together overlap each
+    other's building and sending; a layer alone in flight (one big layer, or the last one) does it by
+    itself: part N+1's task builds its request while part N is on its way, then waits for it
+    (``wait_before_sending`` of :meth:`EcrRepository.upload_layer_part`). So a layer has one part task
+    at a time, two when it was alone at its last part: at most ``in_flight + 1`` parts are in memory, and
+    only one task waits. Each received part starts the next task; the last one completes the layer and
+    starts the next layer.
+    """
+
+    def __init__(self, repository: EcrRepository, blobs: _Blobs, layers: List[Descriptor], group: transfer.TaskGroup) -> None:
+        self.repository = repository
+        self.blobs = blobs
+        self.group = group
+        self._waiting = collections.deque(layers)
+        self._lock = threading.Lock()
+        self._active = 0  # layers begun and not completed
+        self.sent = 0
+
+    def start_next_layer(self) -> None:
+        with self._lock:
+            layer = self._waiting.popleft() if self._waiting else None
+        if layer is not None:
+            self.group.submit(self._begin, layer)
+
+    def _begin(self, layer: Descriptor, attempt: int = 1) -> None:
+        upload_id, part_size = self.repository.initiate_layer_upload()
+        part_size = min(max(part_size, transfer.ECR_MIN_PART_SIZE), transfer.ECR_MAX_PART_SIZE)
+        plan = transfer.plan_parts(layer.size, part_size)
+        upload = _LayerUpload(layer, attempt, upload_id, _PartReader(self.blobs.parts(layer.digest, plan)), len(plan))
+        with self._lock:
+            self._active += 1
+        if plan:
+            self._start_parts(upload)
+        else:
+            self._complete(upload)
+
+    def _start_parts(self, upload: _LayerUpload) -> None:
+        with self._lock:
+            wanted = 2 if self._active == 1 else 1
+            count = max(0, min(wanted - upload.outstanding, len(upload.received) - upload.submitted))
+            upload.outstanding += count
+            upload.submitted += count
+        for dummy in range(count):
+            self.group.submit(self._send_next_part, upload)
+
+    def _send_next_part(self, upload: _LayerUpload) -> None:
+        try:
+            number, first, last, data = upload.reader.next()
+            wait = self._waiter(upload.received[number - 1]) if number else None
+            self.repository.upload_layer_part(upload.upload_id, first, last, data, wait_before_sending=wait)
+            with self._lock:
+                self.sent += len(data)
+                upload.outstanding -= 1
+            del data  # before the next part is read
+            upload.received[number].set()
+        except BaseException:
+            upload.reader.close()
+            raise
+        if number == len(upload.received) - 1:
+            self._complete(upload)
+        else:
+            self._start_parts(upload)
+
+    def _complete(self, upload: _LayerUpload) -> None:
+        upload.reader.close()
+        try:
+            self.repository.complete_layer_upload(upload.upload_id, upload.layer.digest)
+        except LayerRefusedError as exc:
+            # The source hashed right before the upload, so the bytes changed on the way (ECR never
+            # stores a layer under a digest they do not hash to): once more, from the source.
+            if upload.attempt > 1:
+                raise LayerRefusedError(f"{str(exc).rstrip('.')}, in two uploads from the source; something on the way "
+                                        "to ECR (a proxy?) alters the bytes, or the source changes while it is pushed.",
+                                        exc.aws_code) from None
+            with self._lock:
+                self._active -= 1
+            self._begin(upload.layer, upload.attempt + 1)
+            return
+        with self._lock:
+            self._active -= 1
+        self.start_next_layer()
+
+    def _waiter(self, received: threading.Event) -> Callable[[], None]:
+        def wait() -> None:
+            while not received.wait(0.05):
+                self.group.check()  # the push failed elsewhere: this part is not sent
+        return wait
 
 
 def _result(options: PushOptions, source: _Source, before: Dict[str, Optional[str]], uploaded: List[Descriptor],

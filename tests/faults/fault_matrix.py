@@ -1163,7 +1163,7 @@ def emulator_fault(ctx: Context, faults: List[Any], overrides: Optional[Dict[str
             bed.ecr.clear_faults()
         stats = bed.ecr.stats()
         ctx.run.fired = fired
-        if (overrides or {}).get("corrupt"):  # refused by ECR, or (had the push retried it) refused and then accepted
+        if (overrides or {}).get("corrupt"):  # refused by ECR, then uploaded again and accepted
             ctx.run.fired = stats["api_errors"].get("CompleteLayerUpload", {}).get("InvalidLayerException", 0)
         ctx.run.notes.append(f"faults {json.dumps(faults)} {json.dumps(overrides or {})}")
         retryable = retryable_answers(stats)
@@ -1479,10 +1479,10 @@ FAULTS = {fault.name: fault for fault in (
     Fault("server-error", fault_server_error, TARGETS, (COMPLETED,)),
     Fault("lost-response", fault_lost_response, TARGETS, (COMPLETED,)),
     Fault("drop", fault_drop, TARGETS, (COMPLETED,)),
-    Fault("truncate", fault_truncate, TARGETS, EITHER),
+    Fault("truncate", fault_truncate, TARGETS, EITHER, expect_for=(("push", (COMPLETED,)),)),
     # a part that reached ECR with a bad byte: ECR refuses the layer at CompleteLayerUpload, and the push
     # does not upload it again (a pull fetches a blob that fails verification once more)
-    Fault("corrupt", fault_corrupt, TARGETS, (COMPLETED,), expect_for=(("push", EITHER),)),
+    Fault("corrupt", fault_corrupt, TARGETS, (COMPLETED,)),
     Fault("corrupt-always", fault_corrupt_always, PULL_TARGETS, (FAILED_CLEANLY,)),
     Fault("stall", fault_stall, TARGETS, EITHER),
     Fault("expire", fault_expire, PULL_TARGETS, (COMPLETED,)),

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 
 import pytest
 
@@ -102,6 +103,173 @@ def test_large_layer_goes_in_ordered_parts(ecr_endpoint, tmp_path):
     result = run(ecr_endpoint, source, tag="big")
     assert result["changed"]
     assert ecr_endpoint.api_calls("UploadLayerPart") == 3 + 1  # 45 MiB in 20 MiB parts, and the config
+
+
+class _PartWatch:
+    """botocore events on the parts of big layers (the config's small part is left out): when each was
+    built, sent (after the push's own before-send hook) and answered; with ``hold``, part N is held at
+    sending until part N+1 is being built (10 s at most), which only a pipelined upload can satisfy."""
+
+    def __init__(self, hold=False):
+        self.hold = hold
+        self.log = []
+        self.held_in_vain = []
+        self.building = {}
+        self.in_memory = 0
+        self.most_in_memory = 0
+        self._current = threading.local()
+        self._lock = threading.Lock()
+
+    def attach(self, client):
+        events = client.meta.events
+        events.register("provide-client-params.ecr.UploadLayerPart", self._built)
+        events.register("before-send.ecr.UploadLayerPart", self._sent)
+        events.register("after-call.ecr.UploadLayerPart", self._answered)
+
+    def _part(self, first_byte):
+        return first_byte // (20 * MIB)
+
+    def _event(self, number):
+        with self._lock:
+            return self.building.setdefault(number, threading.Event())
+
+    def _built(self, params, **dummy):
+        big = len(params["layerPartBlob"]) >= MIB
+        self._current.part = self._part(params["partFirstByte"]) if big else None
+        if big:
+            self.log.append(("built", self._current.part))
+            self._event(self._current.part).set()
+            with self._lock:
+                self.in_memory += 1
+                self.most_in_memory = max(self.most_in_memory, self.in_memory)
+
+    def _sent(self, **dummy):
+        number = self._current.part
+        if number is not None:
+            self.log.append(("sent", number))
+            if self.hold and number + 1 < 3 and not self._event(number + 1).wait(10):
+                self.held_in_vain.append(number)
+
+    def _answered(self, parsed, **dummy):
+        if self._current.part is not None and "lastByteReceived" in parsed:
+            self.log.append(("answered", self._part(parsed["lastByteReceived"])))
+            with self._lock:
+                self.in_memory -= 1
+
+
+def test_the_next_part_is_built_while_the_previous_one_is_on_its_way(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    image = sample_images.build_random_image(source, "big", count=1, size=45 * MIB, seed="pipe")
+    watch = _PartWatch(hold=True)
+
+    def repository(ref):
+        made = ecr.EcrRepository(ecr_endpoint.client(), ref, ecr.RetryPolicy(attempts=2))
+        watch.attach(made._client)  # pylint: disable=protected-access
+        return made
+
+    options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint, "big"), src=source, create_repository=True,
+                                           max_concurrent_uploads=1)  # the config, then the big layer alone
+    result = push.push(options, repository)
+    assert result["changed"] and ecr_tag(ecr_endpoint, "big") == (image.digest, image.manifest_bytes)
+    assert watch.held_in_vain == []  # parts 2 and 3 were being built while parts 1 and 2 were on their way
+    log = watch.log
+    assert [number for kind, number in log if kind == "sent"] == [0, 1, 2]
+    for number in (1, 2):  # and each was sent only once the one before was in
+        assert log.index(("sent", number)) > log.index(("answered", number - 1))
+
+
+def test_layers_in_flight_together_build_no_part_ahead(ecr_endpoint, tmp_path):
+    """Memory stays at a part per layer in flight, plus one: the layers overlap each other already."""
+    source = str(tmp_path / "src")
+    image = sample_images.build_random_image(source, "3", count=3, size=45 * MIB, seed="three")
+    watch = _PartWatch()
+
+    def repository(ref):
+        made = ecr.EcrRepository(ecr_endpoint.client(), ref, ecr.RetryPolicy(attempts=2))
+        watch.attach(made._client)  # pylint: disable=protected-access
+        return made
+
+    options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint, "3"), src=source, create_repository=True,
+                                           max_concurrent_uploads=2)
+    assert push.push(options, repository)["changed"]
+    assert ecr_tag(ecr_endpoint, "3") == (image.digest, image.manifest_bytes)
+    assert len([entry for entry in watch.log if entry[0] == "built"]) == 9
+    assert watch.most_in_memory <= 2 + 1
+
+
+def test_a_refused_part_stops_the_parts_built_after_it(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    sample_images.build_random_image(source, "big", count=1, size=45 * MIB, seed="refused")
+    ecr_endpoint.set_faults("access-denied:every=2,ops=UploadLayerPart")  # the big layer's first part
+    watch = _PartWatch(hold=True)  # which waits until the second is built
+
+    def repository(ref):
+        made = ecr.EcrRepository(ecr_endpoint.client(), ref, ecr.RetryPolicy(attempts=2))
+        watch.attach(made._client)  # pylint: disable=protected-access
+        return made
+
+    options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint, "big"), src=source, create_repository=True,
+                                           max_concurrent_uploads=1)  # the config, then the big layer
+    with pytest.raises(ecr.AccessDeniedError, match="UploadLayerPart"):
+        push.push(options, repository)
+    built = [number for kind, number in watch.log if kind == "built"]
+    sent = [number for kind, number in watch.log if kind == "sent"]
+    assert built == [0, 1] and sent == [0] and not watch.held_in_vain  # part 2 waited, then was dropped
+    assert ecr_endpoint.api_calls("UploadLayerPart") == 2
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("ecrkit-transfer-")]
+    assert not [fd for fd in os.listdir("/proc/self/fd")  # the source's blob was closed
+                if os.path.realpath(f"/proc/self/fd/{fd}").startswith(os.path.realpath(source))]
+
+
+class _FlippingClient:
+    """A boto3 ECR client whose UploadLayerPart calls number ``flip`` (1-based) carry one byte flipped:
+    bytes altered after the source was read and hashed."""
+
+    def __init__(self, client, flip):
+        self._client = client
+        self._flip = set(flip)
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def upload_layer_part(self, **params):
+        with self._lock:
+            self._calls += 1
+            flip = self._calls in self._flip
+        if flip:
+            data = bytearray(params["layerPartBlob"])
+            data[len(data) // 2] ^= 0xFF
+            params = dict(params, layerPartBlob=bytes(data))
+        return self._client.upload_layer_part(**params)
+
+
+def test_a_layer_refused_for_bytes_altered_on_the_way_is_uploaded_again(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    image = sample_images.build_random_image(source, "1.0", count=1, size=25 * MIB, seed="flip")
+    client = _FlippingClient(ecr_endpoint.client(), flip=[2])  # the big layer's first part (after the config's)
+    options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint), src=source, create_repository=True,
+                                           max_concurrent_uploads=1)
+    result = push.push(options, lambda ref: ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=2)))
+    assert result["changed"] and ecr_tag(ecr_endpoint, "1.0") == (image.digest, image.manifest_bytes)
+    assert ecr_endpoint.api_calls("InitiateLayerUpload") == 3  # the config, the big layer twice
+    assert ecr_endpoint.stats()["api_errors"]["CompleteLayerUpload"] == {"InvalidLayerException": 1}
+    sizes = [layer["size"] for layer in result["layers"]]
+    assert result["bytes_transferred"] == sum(sizes) + max(sizes)  # the big layer went twice
+
+
+def test_a_layer_refused_twice_fails_in_one_sentence(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    sample_images.build_random_image(source, "1.0", count=1, size=2 * MIB, seed="flip2")
+    client = _FlippingClient(ecr_endpoint.client(), flip=range(1, 100))
+    options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint), src=source, create_repository=True)
+    with pytest.raises(ecr.LayerRefusedError) as caught:
+        push.push(options, lambda ref: ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=2)))
+    assert str(caught.value).startswith("ECR refused the layer sha256:")
+    assert str(caught.value).endswith(": the uploaded bytes do not hash to it, in two uploads from the source; something on "
+                                      "the way to ECR (a proxy?) alters the bytes, or the source changes while it is pushed.")
+    assert ecr_tag(ecr_endpoint, "1.0") == (None, None)
 
 
 @pytest.mark.parametrize("operation", ["UploadLayerPart", "CompleteLayerUpload", "PutImage", "InitiateLayerUpload"])
