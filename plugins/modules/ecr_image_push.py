@@ -82,7 +82,10 @@ options:
     choices: [MUTABLE, IMMUTABLE]
   max_concurrent_uploads:
     description:
-      - How many layers upload at once (each layer goes part after part, in order).
+      - How many layers upload at once (each layer goes part after part, in order), between 1 and 16.
+      - For memory, each layer in flight holds one part of up to 20 MiB, which takes about 120 MiB while its
+        request is built and sent (botocore's base64 and JSON copies); a layer uploading alone holds a second
+        one, built while the first is on its way.
     type: int
     default: 4
   max_attempts:
