@@ -631,17 +631,20 @@ class OciLayout:
         return state
 
     def _record_verified(self, digest: str, info: os.stat_result | None = None) -> None:
-        """Best effort: a stamp that cannot be written only means the blob is hashed again next time."""
+        """Best effort: a stamp that cannot be written only means the blob is hashed again next time.
+
+        Written in place, not through a temp file a kill could leave behind: a torn or interleaved stamp
+        never equals a blob's stat line, so the worst it costs is that hash."""
         try:
             if info is None:
                 info = os.lstat(self.blob_path(digest))
             directory = self._ensure_dir(VERIFIED_DIR)
-            fd, tmp = create_temp(directory, ".stamp-")
+            fd = os.open(os.path.join(directory, digest_hex(digest)),
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
             try:
                 os.write(fd, _stamp(info))
             finally:
                 os.close(fd)
-            os.replace(tmp, os.path.join(directory, digest_hex(digest)))
         except (OSError, LayoutError):
             pass
 

@@ -815,3 +815,25 @@ def test_verified_status_hashes_only_what_changed_since_it_matched(tmp_path):
     assert store.verified_status(digest, len(data), record=False) == BLOB_PRESENT and not stamp.exists()
     assert store.verified_status(digest, len(data)) == BLOB_PRESENT and stamp.is_file()
     assert store.verified_status(digest, len(data) + 1) == BLOB_SIZE_MISMATCH
+
+
+def test_a_torn_stamp_only_costs_a_hash_and_stamping_leaves_no_other_file(tmp_path, monkeypatch):
+    store = OciLayout(str(tmp_path / "layout"), create=True)
+    data = os.urandom(100000)
+    digest = store.write_blob(data)
+    verified = tmp_path / "layout" / ".ecrkit" / "verified"
+    stamp = verified / digest.split(":")[1]
+    whole = stamp.read_bytes()
+    stamp.write_bytes(whole[:len(whole) // 2])  # a kill in the middle of writing it
+    hashed = []
+    real = layout_mod.OciLayout.blob_status
+
+    def counting(self, digest, size, verify=False):
+        hashed.append(verify)
+        return real(self, digest, size, verify)
+
+    monkeypatch.setattr(layout_mod.OciLayout, "blob_status", counting)
+    assert store.verified_status(digest, len(data)) == BLOB_PRESENT and hashed == [False, True]
+    assert stamp.read_bytes() == whole and os.listdir(verified) == [stamp.name]
+    hashed.clear()
+    assert store.verified_status(digest, len(data)) == BLOB_PRESENT and hashed == [False]
