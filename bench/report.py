@@ -175,11 +175,7 @@ def markdown(data: Dict[str, Any], chart_name: Optional[str] = None) -> str:
              "Ratios (`vs ref`): for throughput and time, how many times the case's reference tool's speed (above 1: "
              "faster than the reference); for memory, the row's peak RSS over the reference's. `vs ideal/ceiling`: "
              "the row's throughput as a fraction of the bound it is compared with.", ""]
-    scenarios: List[str] = []
-    for row in results:
-        if row["scenario"] not in scenarios:
-            scenarios.append(row["scenario"])
-    for scenario in scenarios:
+    for scenario in dict.fromkeys(row["scenario"] for row in results):  # in order of first appearance
         rows = [row for row in results if row["scenario"] == scenario]
         title = next((row["scenario_title"] for row in rows if row.get("scenario_title")), TITLES.get(scenario, ""))
         lines += [f"## Scenario {scenario}{': ' + title if title else ''}", ""]
@@ -188,11 +184,7 @@ def markdown(data: Dict[str, Any], chart_name: Optional[str] = None) -> str:
         bounds = any(row.get("ideal_mib_per_s") or row.get("ceiling_mib_per_s") for row in rows)
         header = ["case", "tool", "median [min-max]", "vs ref"] + (["vs ideal/ceiling"] if bounds else []) + ["details"]
         lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for dummy in header) + "|"]
-        cases: List[str] = []
-        for row in rows:
-            if row["case"] not in cases:
-                cases.append(row["case"])
-        for case in cases:
+        for case in dict.fromkeys(row["case"] for row in rows):
             members = [row for row in rows if row["case"] == case]
             reference = _reference(members)
             for row in members:

@@ -148,7 +148,7 @@ def _is_transient(exc: BaseException) -> bool:
     if _unreadable_error(exc):
         # A body cut short (a JSON fragment) is worth another try, as is a 5xx from a load balancer;
         # a proxy's own 4xx page is not.
-        return int(error_code(exc)) >= 500 or str(exc.response.get("Error", {}).get("Message", "")).lstrip().startswith("{")
+        return int(error_code(exc)) >= 500 or _error_message(exc).lstrip().startswith("{")
     return error_code(exc) in RETRYABLE_CODES
 
 

@@ -113,16 +113,9 @@ options:
         range from its last byte (a stalled connection).
     type: int
     default: 60
-  max_attempts:
-    description:
-      - How many times one ECR API call (or one blob request that made no progress) is tried before the task
-        fails, counting the first try. Throttling, C(ServerException), HTTP 5xx and connection errors are
-        retried after a random wait of up to 0.5 s x 2^(attempt - 1) (full-jitter exponential backoff, capped at
-        20 s for API calls and 10 s for blob requests). The result reports RV(retries).
-    type: int
-    default: 10
 extends_documentation_fragment:
   - ecrkit.images.containerd
+  - ecrkit.images.retries
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3

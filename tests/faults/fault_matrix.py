@@ -666,7 +666,7 @@ def layout_leftovers(root: str) -> List[str]:
         for name in os.listdir(private):
             if name not in ("lock", "partial", "verified"):
                 found.append(os.path.join(private, name))
-        verified = os.path.join(private, "verified")  # a stamp per verified blob is kept; a temporary stamp is not
+        verified = os.path.join(private, "verified")  # a stamp per verified blob is kept; nothing else
         if os.path.isdir(verified):
             found.extend(os.path.join(verified, name) for name in sorted(os.listdir(verified))
                          if not re.fullmatch(r"[0-9a-f]{64}", name))

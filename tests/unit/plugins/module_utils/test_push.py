@@ -120,6 +120,15 @@ class _PartWatch:
         self._current = threading.local()
         self._lock = threading.Lock()
 
+    def repositories(self, endpoint):
+        """A repository factory for push.push() whose client's parts are watched."""
+        def make(ref):
+            client = endpoint.client()
+            made = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=2))
+            self.attach(client)  # after the repository's own before-send hook: "sent" is when it goes out
+            return made
+        return make
+
     def attach(self, client):
         events = client.meta.events
         events.register("provide-client-params.ecr.UploadLayerPart", self._built)
@@ -162,14 +171,9 @@ def test_the_next_part_is_built_while_the_previous_one_is_on_its_way(ecr_endpoin
     image = sample_images.build_random_image(source, "big", count=1, size=45 * MIB, seed="pipe")
     watch = _PartWatch(hold=True)
 
-    def repository(ref):
-        made = ecr.EcrRepository(ecr_endpoint.client(), ref, ecr.RetryPolicy(attempts=2))
-        watch.attach(made._client)  # pylint: disable=protected-access
-        return made
-
     options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint, "big"), src=source, create_repository=True,
                                            max_concurrent_uploads=1)  # the config, then the big layer alone
-    result = push.push(options, repository)
+    result = push.push(options, watch.repositories(ecr_endpoint))
     assert result["changed"] and ecr_tag(ecr_endpoint, "big") == (image.digest, image.manifest_bytes)
     assert watch.held_in_vain == []  # parts 2 and 3 were being built while parts 1 and 2 were on their way
     log = watch.log
@@ -184,14 +188,9 @@ def test_layers_in_flight_together_build_no_part_ahead(ecr_endpoint, tmp_path):
     image = sample_images.build_random_image(source, "3", count=3, size=45 * MIB, seed="three")
     watch = _PartWatch()
 
-    def repository(ref):
-        made = ecr.EcrRepository(ecr_endpoint.client(), ref, ecr.RetryPolicy(attempts=2))
-        watch.attach(made._client)  # pylint: disable=protected-access
-        return made
-
     options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint, "3"), src=source, create_repository=True,
                                            max_concurrent_uploads=2)
-    assert push.push(options, repository)["changed"]
+    assert push.push(options, watch.repositories(ecr_endpoint))["changed"]
     assert ecr_tag(ecr_endpoint, "3") == (image.digest, image.manifest_bytes)
     assert len([entry for entry in watch.log if entry[0] == "built"]) == 9
     assert watch.most_in_memory <= 2 + 1
@@ -203,15 +202,10 @@ def test_a_refused_part_stops_the_parts_built_after_it(ecr_endpoint, tmp_path):
     ecr_endpoint.set_faults("access-denied:every=2,ops=UploadLayerPart")  # the big layer's first part
     watch = _PartWatch(hold=True)  # which waits until the second is built
 
-    def repository(ref):
-        made = ecr.EcrRepository(ecr_endpoint.client(), ref, ecr.RetryPolicy(attempts=2))
-        watch.attach(made._client)  # pylint: disable=protected-access
-        return made
-
     options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint, "big"), src=source, create_repository=True,
                                            max_concurrent_uploads=1)  # the config, then the big layer
     with pytest.raises(ecr.AccessDeniedError, match="UploadLayerPart"):
-        push.push(options, repository)
+        push.push(options, watch.repositories(ecr_endpoint))
     built = [number for kind, number in watch.log if kind == "built"]
     sent = [number for kind, number in watch.log if kind == "sent"]
     assert built == [0, 1] and sent == [0] and not watch.held_in_vain  # part 2 waited, then was dropped
