@@ -34,9 +34,11 @@ import hashlib
 import http.server
 import os
 import re
+import select
+import signal
 import socket
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import pytest
 
@@ -275,3 +277,65 @@ def blob_server() -> Iterator[BlobServer]:
         yield server
     finally:
         server.stop()
+
+
+NOBODY = 65534
+
+
+def run_as_nobody(action: Callable[[], Any], timeout: float = 30.0) -> str:
+    """Run ``action()`` in a forked child that dropped to uid/gid 65534 (``nobody``), as another local
+    user laying a trap would; return "ok" or "<exception type>: <message>". Needs root. The child never
+    returns into pytest and is killed after ``timeout`` seconds ("timeout")."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        report = "ok"
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+        except BaseException as exc:  # pylint: disable=broad-except
+            report = f"{type(exc).__name__}: {exc}"
+        try:
+            os.write(write_end, report.encode())
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    os.close(write_end)
+    chunks = []
+    try:
+        while select.select([read_end], [], [], timeout)[0]:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            chunks = [b"timeout"]
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+@pytest.fixture
+def as_nobody() -> Callable[[Callable[[], Any]], str]:
+    """:func:`run_as_nobody`, for tests where another local user (uid 65534) prepares the attack."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user (uid 65534)")
+    return run_as_nobody
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[str]:
+    """A directory like /tmp (owned by root, mode 1777) that uid 65534 can reach, for traps laid by
+    another user; pytest's own tmp_path is closed to other users."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+    path = tempfile.mkdtemp(prefix="ecrkit-shared-", dir="/tmp")
+    os.chmod(path, 0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
