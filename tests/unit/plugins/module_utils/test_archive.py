@@ -17,16 +17,21 @@ import json
 import lzma
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import tracemalloc
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ansible_collections.ecrkit.images.plugins.module_utils import archive as archive_module
 from ansible_collections.ecrkit.images.plugins.module_utils.archive import (
     DOCKER_ARCHIVE,
     FORMATS,
@@ -399,7 +404,8 @@ def test_compressed_archives_are_read_through_a_temporary_copy(images, tmp_path,
         for desc in built["single"].blob_descriptors():
             assert archive.has_blob(desc.digest, desc.size, verify=True)
         assert os.listdir(scratch) == []  # an anonymous file: nothing to clean up, even after a crash
-    assert read_archive_summary(packed, OCI_ARCHIVE)["manifests"][0]["digest"] == built["single"].digest
+    with pytest.raises(ArchiveFormatError, match=f"is compressed \\({compression}\\); it is not decompressed here"):
+        read_archive_summary(packed, OCI_ARCHIVE)  # a pull rewrites it: it never decompresses to compare
 
 
 def test_unreadable_compressions(tmp_path):
@@ -790,3 +796,411 @@ def test_archives_of_any_members_are_read_safely_or_refused(archive_format, memb
             assert text.endswith(".") and "\n" not in text and len(text) < 1000 + len(path)
             text.encode("utf-8")  # no undecodable name shows through as a lone surrogate
         assert os.listdir(directory) == ["members.tar"]
+
+
+# hostile hosts and hostile archives (issue 11) ------------------------------------------------------
+
+NOBODY = 65534  # the other local user of the as_nobody and shared_tmp fixtures (conftest.py)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
+
+
+def within_deadline(action, release=None, timeout=30):
+    """``action()`` in a thread: ("returned", value) or ("raised", exception); ("hung", None) when it is
+    still running after ``timeout`` seconds, after which ``release()`` unblocks it, so a regression fails
+    the test instead of hanging it."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(("returned", action()))
+        except BaseException as exc:  # pylint: disable=broad-except
+            outcome.append(("raised", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if release is not None:
+            release()
+        thread.join(timeout)
+        return ("hung", None)
+    return outcome[0]
+
+
+def release_fifo(path):
+    """Unblock whoever waits to open the FIFO at ``path`` for reading."""
+    def release():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    return release
+
+
+def one_sentence(exc):
+    text = str(exc)
+    assert text.endswith(".") and "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+# FIFOs and other non-regular files are refused without waiting on them
+
+def test_a_fifo_another_user_put_at_the_destination_is_refused_without_waiting(images, as_nobody, shared_tmp):
+    layout, dummy = images
+    dest = os.path.join(shared_tmp, "app.tar")
+    assert as_nobody(lambda: os.mkfifo(dest, 0o666)) == "ok"
+    assert os.stat(dest).st_uid == NOBODY
+    for archive_format in FORMATS:  # the idempotency check of a pull, before any API call
+        kind, result = within_deadline(lambda fmt=archive_format: read_archive_summary(dest, fmt), release_fifo(dest))
+        assert kind == "raised" and isinstance(result, ArchiveFormatError), (kind, result)
+        assert f"{dest} is a FIFO, not a regular file" in one_sentence(result)
+    kind, result = within_deadline(lambda: archive_module.check_archive_destination(dest), release_fifo(dest))
+    assert kind == "raised" and isinstance(result, UnsafeArchiveError), (kind, result)
+    for writer in (lambda: write_oci_archive(layout, "single", dest), lambda: write_docker_archive(layout, "docker", dest, ["a:1"])):
+        kind, result = within_deadline(writer, release_fifo(dest))
+        assert kind == "raised" and isinstance(result, UnsafeArchiveError), (kind, result)
+        assert f"{dest} is a FIFO, not a regular file; refusing to replace it" in one_sentence(result)
+    assert stat.S_ISFIFO(os.lstat(dest).st_mode) and os.listdir(shared_tmp) == ["app.tar"]
+
+
+def test_non_regular_sources_are_refused_without_waiting(tmp_path):
+    fifo = str(tmp_path / "pipe.tar")
+    os.mkfifo(fifo)
+    os.symlink(fifo, tmp_path / "link-to-pipe.tar")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "sock.tar"))
+    cases = {fifo: "a FIFO", str(tmp_path / "link-to-pipe.tar"): "a FIFO", str(tmp_path / "sock.tar"): "a socket",
+             str(tmp_path): "a directory"}
+    if os.geteuid() == 0:
+        os.mknod(tmp_path / "null.tar", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        cases[str(tmp_path / "null.tar")] = "a character device"
+    try:
+        for path, kind_text in cases.items():
+            for opener in (open_oci_archive, open_docker_archive):
+                kind, result = within_deadline(lambda p=path, o=opener: o(p).close(), release_fifo(fifo))
+                assert kind == "raised" and isinstance(result, ArchiveFormatError), (path, kind, result)
+                assert f"is {kind_text}, not a regular file, so it is not an image archive" in one_sentence(result)
+    finally:
+        listening.close()
+
+
+def test_a_symbolic_link_at_the_destination_is_not_followed_by_the_summary(images, tmp_path):
+    layout, dummy = images
+    real = str(tmp_path / "real.tar")
+    write_oci_archive(layout, "single", real)
+    os.symlink(real, tmp_path / "link.tar")
+    with pytest.raises(UnsafeArchiveError, match="is a symbolic link, which is not followed here"):
+        read_archive_summary(str(tmp_path / "link.tar"), OCI_ARCHIVE)
+    with open_oci_archive(str(tmp_path / "link.tar")) as archive:  # a push source given as a link is followed
+        assert archive.find_tag("single")
+
+
+def test_other_special_destinations_are_refused(images, tmp_path):
+    layout, dummy = images
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "sock.tar"))
+    try:
+        with pytest.raises(UnsafeArchiveError, match="is a socket, not a regular file; refusing to replace it"):
+            write_oci_archive(layout, "single", str(tmp_path / "sock.tar"))
+        assert stat.S_ISSOCK(os.lstat(tmp_path / "sock.tar").st_mode)
+    finally:
+        listening.close()
+
+
+# decompression bombs: bounded by the tar's own headers and by the free space; never for a summary
+
+BOMB_SIZE = 256 << 20
+
+
+def compress_stream(compression, pieces):
+    """Compress an iterable of byte strings as one stream, without holding the whole input."""
+    compressor = {"gzip": lambda: zlib.compressobj(9, zlib.DEFLATED, 31), "bzip2": lambda: bz2.BZ2Compressor(9),
+                  "xz": lambda: lzma.LZMACompressor(preset=1)}[compression]()
+    out = [compressor.compress(piece) for piece in pieces]
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def zeros(count):
+    chunk = bytes(1 << 20)
+    for dummy in range(count // len(chunk)):
+        yield chunk
+
+
+@pytest.fixture(name="zero_bombs", scope="module")
+def fixture_zero_bombs(tmp_path_factory):
+    """256 MiB of zeros, compressed each way (from 208 bytes to 255 KiB)."""
+    directory = tmp_path_factory.mktemp("bombs")
+    bombs = {}
+    for compression in ("gzip", "bzip2", "xz"):
+        path = directory / f"zeros.tar.{compression}"
+        path.write_bytes(compress_stream(compression, zeros(BOMB_SIZE)))
+        bombs[compression] = str(path)
+    return bombs
+
+
+@pytest.fixture(name="temp_copies")
+def fixture_temp_copies(tmp_path, monkeypatch):
+    """A private TMPDIR, and every temporary file the code makes there, kept open so that its size can be
+    read after the code dropped it (the copies are anonymous files: a directory listing would not show them)."""
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    kept = []
+    real = tempfile.TemporaryFile
+
+    def recording(*args, **kwargs):
+        handle = real(*args, **kwargs)
+        kept.append(os.dup(handle.fileno()))
+        return handle
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", recording)
+
+    class Copies:
+        directory = private
+
+        @staticmethod
+        def largest():
+            assert os.listdir(private) == []
+            return max((os.fstat(fd).st_size for fd in kept), default=0)
+
+        @staticmethod
+        def count():
+            return len(kept)
+
+    yield Copies
+    for fd in kept:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bzip2", "xz"])
+def test_a_compressed_bomb_at_the_destination_is_not_decompressed(zero_bombs, temp_copies, compression):
+    for archive_format in FORMATS:
+        with pytest.raises(ArchiveFormatError, match=f"is compressed \\({compression}\\); it is not decompressed here") as caught:
+            read_archive_summary(zero_bombs[compression], archive_format)
+        one_sentence(caught.value)
+    assert temp_copies.count() == 0
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bzip2", "xz"])
+def test_a_compressed_bomb_as_a_push_source_stops_where_its_tar_ends(zero_bombs, temp_copies, compression):
+    for opener in (open_oci_archive, open_docker_archive):
+        with pytest.raises(ArchiveFormatError, match="has no oci-layout|has no manifest.json"):
+            opener(zero_bombs[compression])
+    assert temp_copies.largest() < 1 << 20  # the first zero block ends the tar: nothing after it is decompressed
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz"])
+def test_data_after_the_end_of_a_compressed_tar_is_not_decompressed(images, tmp_path, temp_copies, compression):
+    layout, built = images
+    plain = tmp_path / "single.tar"
+    write_oci_archive(layout, "single", str(plain))
+    packed = tmp_path / ("single.tar." + compression)
+    packed.write_bytes(compress_stream(compression, [plain.read_bytes()] + list(zeros(BOMB_SIZE))))
+    with open_oci_archive(str(packed)) as archive:
+        for desc in built["single"].blob_descriptors():
+            assert archive.has_blob(desc.digest, desc.size, verify=True)
+    assert temp_copies.largest() <= plain.stat().st_size
+
+
+def tar_header(name, size, kind=tarfile.REGTYPE):
+    """One ustar header block, its size in base-256 when octal cannot hold it (as GNU tar writes it)."""
+    block = bytearray(tarfile.BLOCKSIZE)
+    block[0:len(name)] = name.encode()
+    block[100:108] = b"0000644\x00"
+    block[108:116] = block[116:124] = b"0000000\x00"
+    if size < 8 ** 11:
+        block[124:136] = b"%011o\x00" % size
+    else:
+        block[124:136] = b"\x80" + size.to_bytes(11, "big")
+    block[136:148] = b"00000000000\x00"
+    block[156:157] = kind
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b"        "
+    block[148:156] = b"%06o\x00 " % sum(block)
+    return bytes(block)
+
+
+def pax_header(records):
+    payload = b""
+    for key, value in records.items():
+        record = f" {key}={value}\n".encode()
+        length = len(record) + len(str(len(record)))
+        length += len(str(length)) - len(str(len(record)))
+        payload += str(length).encode() + record
+    return tar_header("PaxHeader", len(payload), tarfile.XHDTYPE) + payload + bytes(-len(payload) % tarfile.BLOCKSIZE)
+
+
+def test_a_member_declared_larger_than_the_free_space_is_refused_before_decompressing(tmp_path, temp_copies):
+    data = pax_header({"size": 2 ** 60}) + tar_header("blobs/sha256/" + "ab" * 32, 0)
+    path = tmp_path / "huge.tar.gz"
+    path.write_bytes(compress_stream("gzip", [data] + list(zeros(64 << 20))))
+    with pytest.raises(archive_module.ArchiveTooLargeError, match=r"declares at least \d+ bytes, more than the \d+ bytes that "
+                       + f"{temp_copies.directory} can spare for decompressing it") as caught:
+        open_oci_archive(str(path))
+    one_sentence(caught.value)
+    assert temp_copies.largest() < 1 << 20
+
+
+def test_decompression_stops_at_the_free_space_less_a_reserve(tmp_path, temp_copies, monkeypatch):
+    budget = []
+    real = archive_module._decompression_budget  # pylint: disable=protected-access
+
+    def small(fd):
+        budget.append(real(fd))
+        return 2 << 20
+
+    monkeypatch.setattr(archive_module, "_decompression_budget", small)
+    path = tmp_path / "big.tar.xz"
+    path.write_bytes(compress_stream("xz", [tar_header("layer.tar", 4 << 20)] + list(zeros(4 << 20)) + [bytes(1024)]))
+    with pytest.raises(archive_module.ArchiveTooLargeError, match="more than the 2097152 bytes"):
+        open_docker_archive(str(path))
+    assert temp_copies.largest() <= 2 << 20
+    info = os.statvfs(temp_copies.directory)
+    assert 0 <= budget[0] <= info.f_bavail * info.f_frsize  # the real budget: what is free, less a reserve
+
+
+# any failure of a scan is one ArchiveError sentence; PAX headers are bounded before tarfile reads them
+
+HUGE_HEADERS = {
+    "PAX header of 2**46 bytes": tar_header("PaxHeader", 2 ** 46, tarfile.XHDTYPE) + bytes(2048),
+    "global PAX header of 2**46 bytes": tar_header("GlobalHead", 2 ** 46, tarfile.XGLTYPE) + bytes(2048),
+    "GNU long name of 2**46 bytes": tar_header("././@LongLink", 2 ** 46, tarfile.GNUTYPE_LONGNAME) + bytes(2048),
+    "PAX header after a member": tar_header("oci-layout", 0) + tar_header("PaxHeader", 2 ** 46, tarfile.XHDTYPE) + bytes(2048),
+}
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["tar", "tar.gz"])
+@pytest.mark.parametrize("case", sorted(HUGE_HEADERS))
+def test_a_huge_extended_header_is_refused_in_one_sentence(tmp_path, temp_copies, case, compressed):
+    data = HUGE_HEADERS[case]
+    path = tmp_path / ("hostile.tar.gz" if compressed else "hostile.tar")
+    path.write_bytes(gzip.compress(data) if compressed else data)
+    readers = [_read_as_push_source] + ([] if compressed else [read_archive_summary])
+    for reader in readers:
+        for archive_format in FORMATS:
+            with pytest.raises(ArchiveFormatError, match=r"The extended tar header at offset \d+ of the archive .* declares 70368744177664 bytes, "
+                               "more than the 1048576 an image archive could need; the archive is refused") as caught:
+                reader(str(path), archive_format)
+            one_sentence(caught.value)
+    assert temp_copies.largest() < 1 << 20
+
+
+def test_sparse_members_are_refused_before_tarfile_reads_their_map(tmp_path):
+    data = (pax_header({"GNU.sparse.major": 1, "GNU.sparse.minor": 0, "GNU.sparse.name": "layer.tar", "GNU.sparse.realsize": 10})
+            + tar_header("GNUSparseFile.0/layer.tar", 1024) + b"99999999999999\n" + b"1\n" * 504 + bytes(1024))
+    (tmp_path / "sparse.tar").write_bytes(data)
+    with pytest.raises(UnsafeArchiveError, match="has a sparse member at offset 0 of the archive"):
+        open_docker_archive(str(tmp_path / "sparse.tar"))
+
+
+SCAN_FAILURES = [MemoryError(), OverflowError("int too large to convert"), ValueError("bad"), EOFError(), RecursionError("deep"),
+                 zlib.error("Error -3 while decompressing"), lzma.LZMAError("Corrupt input data"), OSError("no errno")]
+
+
+@pytest.mark.parametrize("failure", SCAN_FAILURES, ids=[type(failure).__name__ for failure in SCAN_FAILURES])
+def test_any_failure_while_scanning_is_one_archive_error_sentence(images, tmp_path, monkeypatch, failure):
+    layout, dummy = images
+    path = str(tmp_path / "single.tar")
+    write_oci_archive(layout, "single", path)
+    packed = str(tmp_path / "single.tar.gz")
+    with open(path, "rb") as source, gzip.open(packed, "wb") as target:
+        shutil.copyfileobj(source, target)
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr(archive_module.TarArchive, "_add_member", fail)
+        for reader in (_read_as_push_source, read_archive_summary):
+            with pytest.raises(ArchiveFormatError, match=f"{path} is not a readable tar archive") as caught:
+                reader(path, OCI_ARCHIVE)
+            one_sentence(caught.value)
+    with monkeypatch.context() as patch:
+        patch.setattr(gzip.GzipFile, "read", fail)
+        with pytest.raises(ArchiveFormatError, match=f"{packed} (is not a valid gzip file|could not be decompressed as gzip)") as caught:
+            open_oci_archive(packed)
+        one_sentence(caught.value)
+
+
+# a replaced archive keeps its mode and owner; temporary files are private; file_mode
+
+WRITERS = {OCI_ARCHIVE: lambda layout, dest, **kw: write_oci_archive(layout, "single", dest, **kw),
+           DOCKER_ARCHIVE: lambda layout, dest, **kw: write_docker_archive(layout, "docker", dest, ["a:1"], **kw)}
+
+
+@needs_root
+@pytest.mark.parametrize("archive_format", FORMATS)
+def test_a_replaced_archive_keeps_its_mode_and_owner(images, tmp_path, archive_format):
+    layout, dummy = images
+    dest = str(tmp_path / "app.tar")
+    WRITERS[archive_format](layout, dest)
+    os.chmod(dest, 0o600)
+    os.chown(dest, NOBODY, NOBODY)
+    os.truncate(dest, 0)  # so that the rewrite is seen
+    WRITERS[archive_format](layout, dest)
+    info = os.stat(dest)
+    assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o600, NOBODY, NOBODY)
+    assert info.st_size > 0 and read_archive_summary(dest, archive_format)
+
+
+@pytest.mark.parametrize("archive_format", FORMATS)
+def test_new_archives_get_the_default_mode_or_file_mode(images, tmp_path, archive_format):
+    layout, dummy = images
+    dest = str(tmp_path / "app.tar")
+    old = os.umask(0o027)
+    try:
+        WRITERS[archive_format](layout, dest)
+        assert stat.S_IMODE(os.stat(dest).st_mode) == 0o640
+        WRITERS[archive_format](layout, dest, file_mode=0o604)  # an explicit mode wins over the old file's
+        assert stat.S_IMODE(os.stat(dest).st_mode) == 0o604
+        os.unlink(dest)
+        WRITERS[archive_format](layout, dest, file_mode=0o600)
+        assert stat.S_IMODE(os.stat(dest).st_mode) == 0o600
+    finally:
+        os.umask(old)
+    assert os.listdir(tmp_path) == ["app.tar"]
+
+
+@pytest.mark.parametrize("archive_format", FORMATS)
+def test_the_archive_being_written_is_readable_by_its_owner_only(images, tmp_path, monkeypatch, archive_format):
+    layout, dummy = images
+    dest = tmp_path / "app.tar"
+    seen = []
+    real = archive_module._add_blob  # pylint: disable=protected-access
+
+    def watching(*args, **kwargs):
+        seen.extend(stat.S_IMODE(os.stat(path).st_mode) for path in tmp_path.glob(".app.tar.*.tmp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(archive_module, "_add_blob", watching)
+    old = os.umask(0)  # the most open umask: the temporary file's mode must not come from it
+    try:
+        WRITERS[archive_format](layout, str(dest))
+    finally:
+        os.umask(old)
+    assert seen and all(mode & 0o077 == 0 for mode in seen), [oct(mode) for mode in seen]
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o666  # the finished archive: as any new file under that umask
+
+
+def test_another_users_file_in_a_shared_directory_is_not_replaced(images, as_nobody, shared_tmp):
+    layout, dummy = images
+    dest = os.path.join(shared_tmp, "app.tar")
+
+    def plant():
+        with open(dest, "wb") as handle:
+            handle.write(b"planted")
+        os.chmod(dest, 0o666)
+
+    assert as_nobody(plant) == "ok"
+    for check in (lambda: write_oci_archive(layout, "single", dest), lambda: archive_module.check_archive_destination(dest)):
+        with pytest.raises(UnsafeArchiveError, match=f"{dest} belongs to user {NOBODY} in the shared directory {shared_tmp}; refusing") as caught:
+            check()
+        one_sentence(caught.value)
+    assert os.listdir(shared_tmp) == ["app.tar"] and os.stat(dest).st_uid == NOBODY
+    with open(dest, "rb") as handle:
+        assert handle.read() == b"planted"
+    os.unlink(dest)  # once it is gone, the archive is ours
+    write_oci_archive(layout, "single", dest)
+    assert os.stat(dest).st_uid == os.geteuid()
