@@ -19,6 +19,16 @@ options:
       - For the C(containerd) format, the path of containerd's socket.
     type: path
     default: /run/containerd/containerd.sock
+  containerd_ctr_path:
+    description:
+      - For the C(containerd) format, the absolute path of containerd's C(ctr) client.
+      - When not set, C(ctr) is looked for in V(/usr/local/sbin), V(/usr/local/bin), V(/usr/sbin), V(/usr/bin),
+        V(/sbin) and V(/bin), in that order. E(PATH) is not used, since under C(become) it may hold a directory
+        another user can write.
+      - C(ctr) must be a regular file owned by root (or the user the task runs as) and writable by no one else,
+        and so must every directory on its way, symbolic links followed (a sticky directory such as V(/tmp)
+        only for entries owned by root or that user); otherwise the task fails.
+    type: str
 notes:
   - For the C(containerd) format, the task needs the C(ctr) client (shipped with containerd) and access to
     containerd's socket, normally root (set C(become) on the task).

@@ -16,6 +16,12 @@ offers is enough to do the job without ever staging a whole image in a tarball:
   unpacks the layers (already in the content store) into snapshots;
 - ``content get`` streams a blob out, for a push.
 
+What reaches ``ctr``'s command line is checked first (:func:`checked`: digests, names, namespaces,
+labels, platforms; a hostile manifest or config must not pass ``--help`` as a snapshot key), and
+positional arguments follow ``--``. ``ctr`` itself is looked up in the system directories only, never
+through ``PATH`` (which under ``become`` may hold a directory another user can write), and every
+directory on its way must be one only root (or we) can change (:func:`find_ctr`).
+
 containerd may garbage-collect content that nothing references. So before any blob is ingested, the
 manifests are imported under a staging name (:data:`STAGING_REPOSITORY`), whose GC labels already
 reference the blobs still to come; the final names are created once every blob is in, then the
@@ -33,12 +39,13 @@ import json
 import os
 import re
 import secrets
-import shutil
+import stat
 import subprocess
 import tarfile
 from dataclasses import dataclass
 from typing import IO, ContextManager, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
+from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
@@ -48,7 +55,28 @@ IMAGE_NAME_ANNOTATION = "io.containerd.image.name"
 CONNECT_TIMEOUT = "10s"
 COMMAND_TIMEOUT = 3600.0  # seconds; an ingest of a large layer from local disk
 _STDERR_LIMIT = 2000
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+# Where ctr is looked for, in PATH's usual order; PATH itself is never used.
+CTR_DIRECTORIES = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+# What each kind of value on ctr's command line must be (always matched whole, ASCII only).
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_PATH_PART = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_DIGEST = r"sha256:[0-9a-f]{64}"
+# the reference grammar of container image names, with ECR's tag rule (up to 300 characters)
+_IMAGE_NAME = (rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]{{1,5}})?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+               rf"(?::[A-Za-z0-9_.-]{{1,300}})?(?:@{_DIGEST})?")
+_PLATFORM_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_RULES: Dict[str, Tuple["re.Pattern[str]", int, str]] = {
+    "digest": (re.compile(_DIGEST), 71, "a sha256 digest (sha256: and 64 lowercase hexadecimal digits)"),
+    "namespace": (re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*"), 76,
+                  "a valid containerd namespace name (letters, digits, '.', '_' and '-')"),
+    "image name": (re.compile(_IMAGE_NAME), 1024, "a valid image name such as registry.example/team/app:1.0"),
+    "label key": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,255}"), 256, "a label key (letters, digits, '.', '_', '/' and '-')"),
+    "label value": (re.compile(r"[A-Za-z0-9._:/@+-]{0,1024}"), 1024, "a label value (letters, digits and '.:/@+_-')"),
+    "ingest key": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}"), 256, "an ingest key (letters, digits, '.', '_', ':' and '-')"),
+    "platform": (re.compile(rf"{_PLATFORM_PART}(?:/{_PLATFORM_PART}){{1,2}}"), 200,
+                 "a platform such as linux/amd64 or linux/arm64/v8"),
+}
 
 
 class ContainerdError(EcrkitError):
@@ -77,6 +105,37 @@ class UnknownImageError(ContainerdError):
     code = "containerd_unknown_image"
 
 
+class InvalidValueError(ContainerdError):
+    """A value meant for ctr's command line is not what it must be (a hostile manifest or config, a bad option)."""
+
+    code = "containerd_invalid_value"
+
+
+class UntrustedCtrError(ContainerdError):
+    """The ctr found could be changed by a user other than root (or the user the task runs as)."""
+
+    code = "containerd_ctr_untrusted"
+
+
+def checked(kind: str, value: object, what: str, error: type = InvalidValueError) -> str:
+    """``value`` when it is a valid ``kind`` (see ``_RULES``), else ``error`` naming it as ``what``.
+
+    The one check of every value that reaches ctr's command line: nothing that starts with '-',
+    nothing outside ASCII, no separators a filter or a label could be split on.
+    """
+    pattern, longest, rule = _RULES[kind]
+    if isinstance(value, str) and len(value) <= longest and pattern.fullmatch(value):
+        return value
+    raise error(f"The {what} {_shown(value)} is not {rule}.")
+
+
+def _shown(value: object) -> str:
+    """A value for a message: quoted, non-ASCII escaped, cut short."""
+    if not isinstance(value, str):
+        return f"of type {type(value).__name__}"
+    return ascii(value if len(value) <= 80 else value[:72] + "...")
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """An entry of containerd's image store: a name pointing at a manifest or index."""
@@ -91,21 +150,26 @@ class Containerd:
 
     def __init__(self, address: str, namespace: str, executable: str) -> None:
         self.address = address
-        self.namespace = namespace
+        self.namespace = checked("namespace", namespace, "containerd namespace", UnknownNamespaceError)
         self.executable = executable
         self.commands = 0  # ctr invocations, for the result and the tests
 
     # -- running ctr ---------------------------------------------------------------------------
 
-    def _argv(self, args: Sequence[str]) -> List[str]:
-        return [self.executable, "--address", self.address, "--connect-timeout", CONNECT_TIMEOUT,
-                "--namespace", self.namespace, *args]
+    def _argv(self, command: Sequence[str], positional: Sequence[str]) -> List[str]:
+        # flag values joined with '=' and positional arguments after '--': none is ever read as a flag
+        argv = [self.executable, f"--address={self.address}", f"--connect-timeout={CONNECT_TIMEOUT}",
+                f"--namespace={self.namespace}", *command]
+        return argv + ["--", *positional] if positional else argv
 
-    def run(self, *args: str, stdin: Optional[IO[bytes]] = None, data: Optional[bytes] = None) -> bytes:
-        """Run one ctr command; its standard output, or ContainerdError in the operator's terms."""
+    def run(self, command: Sequence[str], positional: Sequence[str] = (), stdin: Optional[IO[bytes]] = None,
+            data: Optional[bytes] = None) -> bytes:
+        """Run one ctr command (subcommand words and flags, then checked positional arguments); its
+        standard output, or ContainerdError in the operator's terms."""
         self.commands += 1
+        args = [*command, *positional]
         try:
-            done = subprocess.run(self._argv(args), input=data, stdin=stdin if data is None else None,
+            done = subprocess.run(self._argv(command, positional), input=data, stdin=stdin if data is None else None,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=COMMAND_TIMEOUT,
                                   check=False)
         except OSError as exc:
@@ -132,11 +196,12 @@ class Containerd:
         return ContainerdError(f"containerd refused 'ctr {command}' in namespace '{self.namespace}': {_last_line(text)}")
 
     @contextlib.contextmanager
-    def _stream(self, *args: str) -> Iterator[IO[bytes]]:
+    def _stream(self, command: Sequence[str], positional: Sequence[str]) -> Iterator[IO[bytes]]:
         """A running ctr command's standard output, read as a stream; its failure raised at the end."""
         self.commands += 1
+        args = [*command, *positional]
         try:
-            process = subprocess.Popen(self._argv(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            process = subprocess.Popen(self._argv(command, positional), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as exc:
             raise CtrNotFoundError(f"containerd's client {self.executable} could not be run ({exc.strerror}); "
                                    "check the containerd installation.") from None
@@ -165,11 +230,12 @@ class Containerd:
     # -- namespaces and images -----------------------------------------------------------------
 
     def namespaces(self) -> List[str]:
-        return self.run("namespaces", "ls", "-q").decode("utf-8", "replace").split()
+        return self.run(["namespaces", "ls", "-q"]).decode("utf-8", "replace").split()
 
     def image(self, name: str) -> Optional[ImageRecord]:
         """The image named exactly ``name``, or None."""
-        output = self.run("images", "ls", f'name=="{name}"').decode("utf-8", "replace")
+        checked("image name", name, "containerd image name")  # no quote can end the filter early
+        output = self.run(["images", "ls"], [f'name=="{name}"']).decode("utf-8", "replace")
         for line in output.splitlines()[1:]:
             fields = line.split()
             if len(fields) >= 3 and fields[0] == name:
@@ -177,11 +243,11 @@ class Containerd:
         return None
 
     def image_names(self) -> List[str]:
-        return self.run("images", "ls", "-q").decode("utf-8", "replace").split()
+        return self.run(["images", "ls", "-q"]).decode("utf-8", "replace").split()
 
     def remove_images(self, names: Sequence[str]) -> None:
         if names:
-            self.run("images", "rm", *names)
+            self.run(["images", "rm"], [checked("image name", name, "containerd image name") for name in names])
 
     def import_manifests(self, names: Sequence[str], top: Tuple[str, str, bytes], documents: Sequence[Tuple[str, bytes]],
                          unpack: bool, platform: Optional[str], all_platforms: bool) -> None:
@@ -195,19 +261,19 @@ class Containerd:
         if all_platforms:
             args.append("--all-platforms")
         elif platform:
-            args += ["--platform", platform]
+            args.append("--platform=" + checked("platform", platform, "platform"))
         if not unpack:
             args.append("--no-unpack")
-        self.run(*args, "-", data=manifests_archive(names, top, documents))
+        self.run(args, ["-"], data=manifests_archive(names, top, documents))
 
     # -- content -------------------------------------------------------------------------------
 
     def content_digests(self) -> Set[str]:
-        return set(self.run("content", "ls", "-q").decode("utf-8", "replace").split())
+        return set(self.run(["content", "ls", "-q"]).decode("utf-8", "replace").split())
 
     def read_blob(self, digest: str, max_size: int) -> bytes:
         """A small blob (manifest, config), checked against its digest."""
-        with self._stream("content", "get", digest) as stream:
+        with self._stream(["content", "get"], [checked("digest", digest, "blob digest")]) as stream:
             data = stream.read(max_size + 1)
             if len(data) > max_size:
                 raise ContainerdError(f"The blob {digest} in containerd is larger than {max_size} bytes; it is not a manifest or config.")
@@ -218,27 +284,38 @@ class Containerd:
 
     def open_blob(self, digest: str) -> ContextManager[IO[bytes]]:
         """A blob's bytes as a stream (the caller verifies what it reads)."""
-        return self._stream("content", "get", digest)
+        return self._stream(["content", "get"], [checked("digest", digest, "blob digest")])
 
-    def ingest(self, path: str, digest: str, size: int) -> None:
-        """Store the file at ``path`` as ``digest``; containerd refuses it unless size and digest match.
+    def ingest(self, handle: IO[bytes], digest: str, size: int) -> None:
+        """Store the bytes of ``handle`` (an open regular file, read from its start) as ``digest``;
+        containerd refuses them unless size and digest match.
 
+        The caller opens the file (without following a symbolic link, see ``OciLayout.open_blob``): a
+        path here would be opened again and could meanwhile name another file.
         Each attempt has its own ingest key: containerd resumes a key's earlier, failed ingest at its
         offset, so reusing one would commit the old attempt's bytes again (and fail again).
         """
-        key = f"ecrkit-{digest}-{os.getpid()}-{secrets.token_hex(4)}"
-        with open(path, "rb") as handle:
-            self.run("content", "ingest", "--expected-size", str(size), "--expected-digest", digest, key, stdin=handle)
+        checked("digest", digest, "blob digest")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidValueError(f"The size {_shown(str(size))} of blob {digest} is not a whole number of bytes.")
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ContainerdError(f"The staged blob {digest} is not a regular file; it is not given to containerd.")
+        key = checked("ingest key", f"ecrkit-{digest}-{os.getpid()}-{secrets.token_hex(4)}", "ingest key")
+        handle.seek(0)
+        self.run(["content", "ingest", f"--expected-size={size}", f"--expected-digest={digest}"], [key], stdin=handle)
 
     def label_blob(self, digest: str, labels: Dict[str, str]) -> None:
         """Set ``labels`` on a blob (other labels are kept)."""
-        self.run("content", "label", digest, *(f"{key}={value}" for key, value in sorted(labels.items())))
+        pairs = [f"{checked('label key', key, 'label key')}={checked('label value', value, f'value of label {key}')}"
+                 for key, value in sorted(labels.items())]
+        self.run(["content", "label"], [checked("digest", digest, "blob digest"), *pairs])
 
     # -- snapshots -----------------------------------------------------------------------------
 
     def has_snapshot(self, key: str) -> bool:
+        """Whether a committed snapshot has the chain ID ``key`` (a digest: nothing else is asked)."""
         try:
-            self.run("snapshots", "info", key)
+            self.run(["snapshots", "info"], [checked("digest", key, "snapshot key")])
         except ContainerdError as exc:
             if "not found" in str(exc) or "does not exist" in str(exc):
                 return False
@@ -248,13 +325,12 @@ class Containerd:
 
 def connect(address: str, namespace: str, must_exist: bool, executable: Optional[str] = None) -> Containerd:
     """Check that containerd can be used at ``address`` and that ``namespace`` exists (unless
-    ``must_exist`` is false and it is containerd's ``default``, which containerd creates on first use)."""
-    if not namespace or not _NAMESPACE_RE.match(namespace):
-        raise UnknownNamespaceError(f"'{namespace}' is not a valid containerd namespace name (letters, digits, '.', '_' and '-').")
-    found = executable or shutil.which("ctr")
-    if not found:
-        raise CtrNotFoundError("containerd's client 'ctr' was not found on PATH; install containerd "
-                               "(its package ships ctr) on this host.")
+    ``must_exist`` is false and it is containerd's ``default``, which containerd creates on first use).
+
+    ``executable`` is the ctr to use (the option containerd_ctr_path); by default :func:`find_ctr`'s.
+    """
+    checked("namespace", namespace, "containerd namespace", UnknownNamespaceError)
+    found = find_ctr(executable)
     try:
         os.stat(address)
     except PermissionError:  # a directory on the way is closed to this user
@@ -275,10 +351,44 @@ def connect(address: str, namespace: str, must_exist: bool, executable: Optional
     return client
 
 
+def find_ctr(explicit: Optional[str] = None) -> str:
+    """The resolved path of the ctr to run: ``explicit`` (the option containerd_ctr_path), else the first
+    ``ctr`` in :data:`CTR_DIRECTORIES`; refused unless only root (or we) can change it."""
+    if explicit is not None:
+        if not explicit.startswith("/"):
+            raise CtrNotFoundError(f"containerd_ctr_path must be an absolute path such as /usr/bin/ctr, not {_shown(explicit)}.")
+        found = _trusted_file(explicit)
+        if found is None:
+            raise CtrNotFoundError(f"There is no file at containerd_ctr_path {explicit}; set it to containerd's ctr client.")
+        return found
+    for directory in CTR_DIRECTORIES:
+        found = _trusted_file(os.path.join(directory, "ctr"))
+        if found is not None:
+            return found
+    raise CtrNotFoundError(f"containerd's client 'ctr' was not found in {', '.join(CTR_DIRECTORIES)}; install containerd "
+                           "(its package ships ctr) on this host, or set containerd_ctr_path to it.")
+
+
+def _trusted_file(path: str) -> Optional[str]:
+    """The real path of the ctr at ``path`` (None when there is none), refused unless only root (or we)
+    can change it and every directory and link on its way (:func:`hostfs.trusted_file`)."""
+    try:
+        found = hostfs.trusted_file(path, "containerd's client ctr")
+    except hostfs.UntrustedPathError as exc:
+        raise UntrustedCtrError(str(exc)) from None  # never run: set containerd_ctr_path to a ctr root keeps
+    except EcrkitError as exc:
+        raise CtrNotFoundError(str(exc)) from None
+    if found is not None and not os.stat(found).st_mode & 0o111:
+        raise CtrNotFoundError(f"containerd's client {found} is not executable; check the containerd installation.")
+    return found
+
+
 def manifests_archive(names: Sequence[str], top: Tuple[str, str, bytes], documents: Sequence[Tuple[str, bytes]]) -> bytes:
     """An OCI archive holding only ``top`` and ``documents`` (digest, bytes), with one ``index.json``
     entry per name, named by containerd's image-name annotation."""
     media_type, digest, raw = top
+    for name in names:  # the archive's annotations become containerd's image names
+        checked("image name", name, "containerd image name")
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
              "manifests": [{"mediaType": media_type, "digest": digest, "size": len(raw),
                             "annotations": {IMAGE_NAME_ANNOTATION: name}} for name in names]}
@@ -286,6 +396,7 @@ def manifests_archive(names: Sequence[str], top: Tuple[str, str, bytes], documen
                ("index.json", json.dumps(index, sort_keys=True).encode("utf-8"))]
     seen = set()
     for blob_digest, data in [(digest, raw), *documents]:
+        checked("digest", blob_digest, "manifest digest")  # it becomes a member's path
         if blob_digest not in seen:
             seen.add(blob_digest)
             members.append(("blobs/" + blob_digest.replace(":", "/", 1), data))
@@ -309,10 +420,17 @@ def index_labels(children: Sequence[str]) -> Dict[str, str]:
     return {f"containerd.io/gc.ref.content.ecrkit.m.{number}": digest for number, digest in enumerate(children)}
 
 
-def chain_ids(diff_ids: Sequence[str]) -> List[str]:
-    """The chain ID of each layer (OCI image spec): the keys containerd gives committed snapshots."""
+def chain_ids(diff_ids: object) -> List[str]:
+    """The chain ID of each layer (OCI image spec): the keys containerd gives committed snapshots.
+
+    ``diff_ids`` comes from an image config, written by whoever built the image: InvalidValueError
+    unless it is a list of sha256 digests.
+    """
+    if not isinstance(diff_ids, (list, tuple)):
+        raise InvalidValueError(f"The image config's rootfs.diff_ids is {_shown(diff_ids)}, not a list of layer digests.")
     chain: List[str] = []
     for diff_id in diff_ids:
+        checked("digest", diff_id, "image config's layer diff_id")
         if not chain:
             chain.append(diff_id)
         else:

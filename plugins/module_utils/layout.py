@@ -60,6 +60,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Iterator
 
+from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, NotWritableError, storage_error
 
 OCI_LAYOUT_FILE = "oci-layout"
@@ -89,6 +90,12 @@ MAX_INDEX_SIZE = 16 << 20
 MAX_SMALL_BLOB = 4 << 20
 """Default limit of :meth:`OciLayout.read_blob`: ECR's manifest size limit."""
 DEFAULT_LOCK_TIMEOUT = 60.0
+CLAIM_TIMEOUT = 1800.0
+"""How long a run waits for another run downloading the same blob (or image) to finish with it: long
+enough for a multi-GiB layer on a slow link, short enough that a stuck holder is reported."""
+PUBLIC_DIR_MODE = 0o755
+"""Directories of a layout: never group-writable, whatever the umask, so that the next run trusts them."""
+PUBLIC_FILE_MODE = 0o644
 
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
@@ -260,13 +267,15 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def create_temp(directory: str, prefix: str, suffix: str = "") -> tuple[int, str]:
-    """Create a new file (mode 0666 less the umask, as any created file) with a random name; return (fd, path)."""
+def create_temp(directory: str, prefix: str, suffix: str = "", mode: int = 0o600) -> tuple[int, str]:
+    """Create a new file with a random name (``O_EXCL``: never an existing file, link or FIFO) and
+    ``mode`` less the umask (private by default: nobody reads an image while it is written); return
+    (fd, path)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     while True:
         path = os.path.join(directory, prefix + secrets.token_hex(8) + suffix)
         try:
-            return os.open(path, flags, 0o666), path
+            return os.open(path, flags, mode), path
         except FileExistsError:
             continue
 
@@ -298,18 +307,19 @@ def _sha256_fd(fd: int) -> str:
         offset += len(chunk)
 
 
-def _flock(path: str, timeout: float | None, what: str) -> int:
+def _flock(path: str, timeout: float, what: str) -> int:
     """Open (creating) ``path`` and take an exclusive flock on it; return the fd.
 
-    ``timeout`` None waits for ever, 0 tries once. The lock file may be unlinked by its holder (a
-    finished claim) or by cleanup; a lock taken on a file that is no longer at ``path`` is dropped and
-    taken again on the new one.
+    ``timeout`` 0 tries once; every wait is bounded. The lock file must be a regular file of this user
+    (a link, a FIFO or another user's file planted there is refused, never waited on). The lock file may
+    be unlinked by its holder (a finished claim) or by cleanup; a lock taken on a file that is no longer
+    at ``path`` is dropped and taken again on the new one.
     """
-    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    deadline = time.monotonic() + max(0.0, timeout)
     delay = 0.002
     while True:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            fd = hostfs.open_regular(path, os.O_RDONLY | os.O_CREAT, f"the lock file of {what}", owner=os.geteuid())
         except OSError as exc:
             raise translate_os_error(exc, f"locking {what}", path) from None
         try:
@@ -318,7 +328,7 @@ def _flock(path: str, timeout: float | None, what: str) -> int:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if deadline is not None and time.monotonic() >= deadline:
+                    if time.monotonic() >= deadline:
                         raise LockTimeoutError(
                             f"Timed out after {timeout:g} s waiting for {what} (lock file {path}), which another "
                             "process is holding; let it finish, or raise the timeout.") from None
@@ -337,7 +347,7 @@ def _flock(path: str, timeout: float | None, what: str) -> int:
         os.close(fd)
 
 
-def lock_path(path: str, timeout: float | None, what: str) -> int:
+def lock_path(path: str, timeout: float, what: str) -> int:
     """Take an exclusive lock on the file ``path`` (created if missing) for ``what``; the fd to close."""
     return _flock(path, timeout, what)
 
@@ -395,13 +405,18 @@ class OciLayout:
     """
 
     def __init__(self, root: str | os.PathLike, create: bool = False, *, follow_symlink: bool = False,
-                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> None:
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT, private: bool = False, root_mode: int | None = None) -> None:
         root = os.path.abspath(os.fspath(root))
         self.lock_timeout = lock_timeout
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._lock_fd: int | None = None
-        self.root = self._open_root(root, create, follow_symlink)
+        self._trusted: bool | None = None
+        # a new root gets its final mode before anything is written into it (never group/other-writable)
+        mode = hostfs.PRIVATE_MODE if private else PUBLIC_DIR_MODE if root_mode is None else root_mode & ~0o022
+        self.root = self._open_root(root, create, follow_symlink, mode)
+        if create:
+            self.require_writable()
         for name in (OCI_LAYOUT_FILE, INDEX_FILE, BLOBS_DIR, BLOBS_DIR + "/sha256", PRIVATE_DIR, PARTIAL_DIR, LOCK_FILE):
             path = self._path(name)
             if os.path.islink(path):
@@ -429,16 +444,13 @@ class OciLayout:
     # opening ---------------------------------------------------------------------------------------
 
     @staticmethod
-    def _open_root(root: str, create: bool, follow_symlink: bool) -> str:
+    def _open_root(root: str, create: bool, follow_symlink: bool, mode: int) -> str:
         try:
             info = os.lstat(root)
         except FileNotFoundError:
             if not create:
                 raise NotALayoutError(f"There is no OCI layout at {root}: the directory does not exist.") from None
-            try:
-                os.makedirs(root, exist_ok=True)
-            except OSError as exc:
-                raise translate_os_error(exc, "creating the OCI layout directory", root) from None
+            hostfs.verify_directory(root, "the OCI layout", create=True, mode=mode)
             info = os.lstat(root)
         except OSError as exc:
             raise translate_os_error(exc, "opening the OCI layout", root) from None
@@ -484,6 +496,30 @@ class OciLayout:
         # the marker goes last: a directory with oci-layout in it is a complete layout
         self._write_file(OCI_LAYOUT_FILE, _index_bytes({"imageLayoutVersion": OCI_LAYOUT_VERSION}), True, "creating oci-layout")
 
+    def require_writable(self) -> None:
+        """Refuse to write into a layout another user could change under this run (see :mod:`hostfs`).
+
+        Checked once, before the first write: the root and every directory above it must be changeable
+        only by root and this user. Reading needs no such trust (a push source may be anyone's); a
+        layout that is not trusted is still read, but nothing is written into it, stamps included.
+        """
+        if self._trusted is None:
+            try:
+                self.root = hostfs.verify_directory(self.root, "the OCI layout")
+                self._trusted = True
+            except hostfs.UntrustedPathError:
+                self._trusted = False
+                raise
+        if not self._trusted:
+            hostfs.verify_directory(self.root, "the OCI layout")  # raises again, with the reason
+
+    def _may_record(self) -> bool:
+        try:
+            self.require_writable()
+        except EcrkitError:
+            return False
+        return True
+
     def _check_writable(self) -> None:
         for name in ("", BLOBS_DIR + "/sha256"):
             path = self._path(name) if name else self.root
@@ -499,23 +535,47 @@ class OciLayout:
         return os.path.join(self.root, *name.split("/")) if name else self.root
 
     def _ensure_dir(self, name: str) -> str:
-        path = self._path(name)
+        """Make (or check) the directory ``name`` of the layout: ``.ecrkit`` and what is below it private
+        to this user (mode 0700), the others never group- or world-writable."""
+        self.require_writable()
+        path = self.root
+        private = False
+        for part in name.split("/"):
+            private = private or part == PRIVATE_DIR
+            if private:
+                path = hostfs.private_directory(path, part, "the private files of the OCI layout")
+            else:
+                path = self._public_dir(os.path.join(path, part))
+        return path
+
+    @staticmethod
+    def _public_dir(path: str) -> str:
         try:
-            os.makedirs(path, exist_ok=True)
+            os.mkdir(path, PUBLIC_DIR_MODE)
+        except FileExistsError:
+            pass
         except OSError as exc:
             raise translate_os_error(exc, "creating a directory of the OCI layout", path) from None
-        if os.path.islink(path) or not os.path.isdir(path):
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode):
             raise LayoutSymlinkError(f"{path} is not a plain directory; the layout is refused.")
+        if not hostfs.is_trusted(info):
+            raise hostfs.UntrustedPathError(
+                f"{path} {hostfs.untrusted_reason(info)}, so another user could change the blobs of the OCI layout; "
+                "give it to this user and close it to others (chown, chmod go-w).", path)
         return path
 
     @staticmethod
     def _read_file(path: str, limit: int, what: str) -> bytes:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotALayoutError(f"{path} is missing, so this is not a complete OCI layout.") from None
         except OSError as exc:
             raise translate_os_error(exc, f"reading {what}", path) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CorruptIndexError(f"{path} is not a regular file, so this is not an OCI layout this collection can use.")
         with os.fdopen(fd, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             data = handle.read(size + 1) if size <= limit else b""
@@ -540,7 +600,7 @@ class OciLayout:
         directory = self._ensure_dir(PARTIAL_DIR)
         while True:
             try:
-                fd, tmp = create_temp(directory, TEMP_PREFIX)
+                fd, tmp = create_temp(directory, TEMP_PREFIX, mode=PUBLIC_FILE_MODE)  # index.json and blobs: readable
             except OSError as exc:
                 raise translate_os_error(exc, doing, directory) from None
             try:
@@ -620,13 +680,13 @@ class OciLayout:
             raise translate_os_error(exc, f"checking blob {digest}", path) from None
         stamp_path = self._path(VERIFIED_DIR + "/" + digest_hex(digest))
         try:
-            with open(stamp_path, "rb") as handle:
+            with os.fdopen(hostfs.open_regular(stamp_path, os.O_RDONLY, "a verification stamp"), "rb") as handle:
                 if handle.read(200) == _stamp(info):
                     return BLOB_PRESENT
-        except OSError:
-            pass  # no stamp (yet): hash it
+        except (OSError, EcrkitError):
+            pass  # no stamp (yet), or not one of ours: hash it
         state = self.blob_status(digest, size, verify=True)
-        if state == BLOB_PRESENT and record:
+        if state == BLOB_PRESENT and record and self._may_record():
             self._record_verified(digest, info)
         return state
 
@@ -639,20 +699,22 @@ class OciLayout:
             if info is None:
                 info = os.lstat(self.blob_path(digest))
             directory = self._ensure_dir(VERIFIED_DIR)
-            fd = os.open(os.path.join(directory, digest_hex(digest)),
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            fd = hostfs.open_regular(os.path.join(directory, digest_hex(digest)), os.O_WRONLY | os.O_CREAT,
+                                     "a verification stamp", owner=os.geteuid())
             try:
+                os.ftruncate(fd, 0)  # after the checks: O_TRUNC would cut a file before they ran
                 os.write(fd, _stamp(info))
             finally:
                 os.close(fd)
-        except (OSError, LayoutError):
+        except (OSError, EcrkitError):
             pass
 
     def open_blob(self, digest: str) -> BinaryIO:
         """Open a stored blob for reading (binary, unbuffered position; the caller closes it)."""
         path = self.blob_path(digest)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO planted as a blob must not block the open; fstat then refuses it
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobNotFoundError(f"Blob {digest} is not in the OCI layout {self.root}.") from None
         except OSError as exc:
@@ -660,6 +722,7 @@ class OciLayout:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise BlobNotFoundError(f"Blob {digest} in the OCI layout {self.root} is not a regular file.")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
 
     def read_blob(self, digest: str, max_size: int = MAX_SMALL_BLOB) -> bytes:
@@ -715,11 +778,11 @@ class OciLayout:
         return os.path.join(self._ensure_dir(PARTIAL_DIR), hexpart)
 
     @contextlib.contextmanager
-    def claim_partial(self, digest: str, timeout: float | None = None) -> Iterator[str]:
+    def claim_partial(self, digest: str, timeout: float = CLAIM_TIMEOUT) -> Iterator[str]:
         """Hold the exclusive right to write the partial file of ``digest``; yields :meth:`partial_path`.
 
         Another process (or thread) downloading the same blob into this layout waits here, ``timeout``
-        seconds at most (None: until the holder is done; LockTimeoutError after that). The holder
+        seconds at most (LockTimeoutError after that, naming the lock file). The holder
         should check :meth:`has_blob` first once it has the claim: the previous holder may have
         committed the blob. :meth:`cleanup_partials` never removes a claimed partial.
 
@@ -864,11 +927,11 @@ class OciLayout:
     def lock(self, timeout: float | None = None) -> Iterator[None]:
         """Hold the exclusive lock of ``index.json`` updates (re-entrant within this object).
 
-        Waits ``timeout`` seconds at most (default: the layout's ``lock_timeout``; None there means no
-        limit), then raises LockTimeoutError. The lock is an flock, so it goes away with a killed process.
+        Waits ``timeout`` seconds at most (default: the layout's ``lock_timeout``), then raises
+        LockTimeoutError. The lock is an flock, so it goes away with a killed process.
         """
         timeout = self.lock_timeout if timeout is None else timeout
-        if not self._thread_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+        if not self._thread_lock.acquire(timeout=max(0.0, timeout)):
             raise LockTimeoutError(f"Timed out after {timeout:g} s waiting for another thread to update {self._path(INDEX_FILE)}.")
         try:
             if self._lock_depth == 0:

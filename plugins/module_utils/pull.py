@@ -34,11 +34,11 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
 
-from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, layout, manifest, transfer
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, hostfs, layout, manifest, transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrRepository, RetryPolicy, check_max_attempts
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError, storage_error
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import (
     Descriptor, ImageIndex, ImageManifest, Platform, parse_manifest,
@@ -68,7 +68,9 @@ class PullOptions:
     check_mode: bool = False
     containerd_address: str = containerd.DEFAULT_ADDRESS
     containerd_namespace: str = containerd.DEFAULT_NAMESPACE
+    containerd_ctr_path: Optional[str] = None  # None: ctr from the system directories
     unpack: bool = True
+    file_mode: Optional[int] = None  # Ansible's mode when numeric: given to what is created, before it is filled
     max_attempts: int = 10
     download_timeout: float = transfer.DEFAULT_READ_TIMEOUT
 
@@ -79,7 +81,8 @@ class PullOptions:
                     tls_verify: Union[bool, str] = True, check_mode: bool = False,
                     containerd_address: str = containerd.DEFAULT_ADDRESS,
                     containerd_namespace: str = containerd.DEFAULT_NAMESPACE, unpack: bool = True,
-                    max_attempts: int = 10, download_timeout: float = transfer.DEFAULT_READ_TIMEOUT) -> PullOptions:
+                    max_attempts: int = 10, download_timeout: float = transfer.DEFAULT_READ_TIMEOUT,
+                    containerd_ctr_path: str | None = None, mode: Any = None) -> PullOptions:
         """Validate the module's options (in the user's terms) before any network call."""
         image_ref = parse_reference(ref)
         check_region(image_ref, region)
@@ -105,7 +108,8 @@ class PullOptions:
                    all_platforms=all_platforms, policy=policy, max_connections=max_connections,
                    chunk_size=chunk_size, ranged=ranged, tls_verify=tls_verify, check_mode=check_mode,
                    containerd_address=containerd_address, containerd_namespace=containerd_namespace, unpack=unpack,
-                   max_attempts=max_attempts, download_timeout=download_timeout)
+                   max_attempts=max_attempts, download_timeout=download_timeout,
+                   containerd_ctr_path=containerd_ctr_path or None, file_mode=_numeric_mode(mode))
 
     @property
     def api_retry(self) -> RetryPolicy:
@@ -192,6 +196,29 @@ def _pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository], ta
                    target=target)
 
 
+def _numeric_mode(mode: Any) -> Optional[int]:
+    """Ansible's ``mode`` as a number when it is one (``0640``, ``"0640"``, ``"640"``); None for a symbolic
+    mode (``u=rw,g=r``), which Ansible applies once the pull is done."""
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        return mode & 0o7777
+    if isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3,4}", mode):
+        return int(mode, 8) & 0o7777
+    return None
+
+
+def apply_file_attributes(options: PullOptions, apply: Callable[[str], bool]) -> bool:
+    """Apply Ansible's file options (``apply(path)``, which returns whether it changed anything) to the
+    destination: the layout directory or the archive file, once it exists; containerd has no such file.
+    Return whether they changed anything. A layout they leave open to other users' writes is refused
+    now, rather than by the next run."""
+    if options.dest_format == "containerd" or not os.path.lexists(options.dest):
+        return False
+    changed = apply(options.dest)
+    if options.dest_format == "oci":
+        hostfs.verify_directory(options.dest, "the OCI layout")
+    return changed
+
+
 def _entry_for(options: PullOptions, top: Document) -> Descriptor:
     if isinstance(top, ImageIndex) and not options.all_platforms:
         return manifest.select_manifest(top, options.wanted_platform)
@@ -231,25 +258,35 @@ def _plan(options: PullOptions, repository: EcrRepository, store: Optional[OciLa
 def _download(options: PullOptions, repository: EcrRepository, store: OciLayout, blobs: List[Descriptor]) -> int:
     """Fetch ``blobs`` into ``store``'s partial files, verified, and commit each; return bytes moved.
 
-    Each partial file is claimed first, so two runs pulling into one layout never write the same
-    file; a blob another run committed while this one waited for the claim is not fetched again.
+    Each partial file is claimed when a worker starts on it and until it is committed, so two runs
+    pulling into one layout never write the same file, and a pull holds a few descriptors per
+    connection, not per blob; a blob another run committed while this one waited for the claim is
+    not fetched again.
     """
-    with contextlib.ExitStack() as claims:
-        jobs = []
-        for blob in blobs:
-            path = claims.enter_context(store.claim_partial(blob.digest))
-            if not _stored(store, blob):
-                jobs.append(transfer.BlobJob(digest=blob.digest, size=blob.size, path=path,
-                                             get_url=_url_provider(repository, blob.digest)))
-        results: List[transfer.DownloadResult] = []
-        if jobs:
-            with transfer.TransferPool(options.max_connections, verify=options.tls_verify, retry=options.blob_retry,
-                                       read_timeout=options.download_timeout) as pool:
-                results = transfer.download_blobs(pool, jobs, chunk_size=options.chunk_size, ranged=options.ranged)
-        for result in results:
-            store.commit_blob(result.path, result.digest, result.size)
+    jobs = [transfer.BlobJob(digest=blob.digest, size=blob.size, path=store.partial_path(blob.digest),
+                             get_url=_url_provider(repository, blob.digest), claim=_claim(store, blob),
+                             commit=_committer(store)) for blob in blobs]
+    results: List[transfer.DownloadResult] = []
+    if jobs:
+        with transfer.TransferPool(options.max_connections, verify=options.tls_verify, retry=options.blob_retry,
+                                   read_timeout=options.download_timeout) as pool:
+            results = transfer.download_blobs(pool, jobs, chunk_size=options.chunk_size, ranged=options.ranged)
     store.cleanup_partials()  # also what a killed run left of blobs it had committed
     return sum(result.bytes_transferred for result in results)
+
+
+def _claim(store: OciLayout, blob: Descriptor) -> Callable[[], ContextManager[bool]]:
+    @contextlib.contextmanager
+    def claim() -> Iterator[bool]:
+        with store.claim_partial(blob.digest):
+            yield not _stored(store, blob)  # another run may have stored it while this one waited
+    return claim
+
+
+def _committer(store: OciLayout) -> Callable[[transfer.DownloadResult], None]:
+    def commit(result: transfer.DownloadResult) -> None:
+        store.commit_blob(result.path, result.digest, result.size)
+    return commit
 
 
 def _stored(store: OciLayout, blob: Descriptor, record: bool = True) -> bool:
@@ -312,6 +349,8 @@ class _LayoutTarget:
         self.options = options
         self.root = options.dest
         _refuse_symlink(self.root, layout.LayoutSymlinkError, "an OCI layout")
+        if os.path.lexists(self.root):  # before any API call: a layout another user can change is refused
+            hostfs.verify_directory(self.root, "the OCI layout")
         self.store: Optional[OciLayout] = OciLayout(self.root) if _is_layout(self.root) else None
 
     def recorded_digest(self, name: str) -> Optional[str]:
@@ -342,7 +381,7 @@ class _LayoutTarget:
 
     def open_for_writing(self, plan: Optional[_Plan] = None) -> OciLayout:  # pylint: disable=unused-argument
         if self.store is None:
-            self.store = OciLayout(self.root, create=True)
+            self.store = OciLayout(self.root, create=True, root_mode=self.options.file_mode)
         return self.store
 
     def finish(self, options: PullOptions, plan: _Plan) -> None:
@@ -371,11 +410,15 @@ class _ArchiveTarget(_LayoutTarget):
         self.options = options
         _refuse_symlink(options.dest, archive.UnsafeArchiveError, "an archive")
         directory, name = os.path.split(os.path.abspath(options.dest))
+        self.lock_fd: Optional[int] = None
+        if os.path.isdir(directory):  # else the archive writer says it is missing
+            # /tmp will do (sticky): the staging layout and the lock beside the archive are then ours only
+            directory = hostfs.verify_directory(directory, "the directory of the archive", shared=True)
+            archive.check_archive_destination(os.path.join(directory, name))  # a FIFO, a link, another user's file
         self.root = os.path.join(directory, f".{name}.ecrkit-staging")
         self.lock_file = os.path.join(directory, f".{name}.ecrkit-lock")
-        self.lock_fd: Optional[int] = None
         if not options.check_mode and os.path.isdir(directory):
-            self.lock_fd = layout.lock_path(self.lock_file, None, f"the archive {options.dest}")
+            self.lock_fd = layout.lock_path(self.lock_file, layout.CLAIM_TIMEOUT, f"the archive {options.dest}")
             _remove_stale_temps(directory, name)
         self.store = OciLayout(self.root) if _is_layout(self.root) else None
         self.summary = _archive_summary(options.dest, options.dest_format)
@@ -402,15 +445,23 @@ class _ArchiveTarget(_LayoutTarget):
 
     def local_plan(self, digest: str, top: Optional[Document] = None) -> _Plan:
         opener = archive.open_oci_archive if self.options.dest_format == "oci-archive" else archive.open_docker_archive
-        with opener(self.options.dest) as reader:
+        with opener(self.options.dest, decompress=False, follow_symlinks=False) as reader:
             return _local_plan(self.options, reader, digest, top)
+
+    def open_for_writing(self, plan: Optional[_Plan] = None) -> OciLayout:
+        if self.store is None:
+            self.store = OciLayout(self.root, create=True, private=True)
+            directory, name = os.path.split(self.root)
+            hostfs.private_directory(directory, name, f"the staging layout of {self.options.dest}")  # one made 0755 before
+        return self.store
 
     def finish(self, options: PullOptions, plan: _Plan) -> None:
         store = self.open_for_writing()
         if options.dest_format == "oci-archive":
-            archive.write_oci_archive(store, options.entry_name, options.dest)
+            archive.write_oci_archive(store, options.entry_name, options.dest, file_mode=options.file_mode)
         else:
-            archive.write_docker_archive(store, options.entry_name, options.dest, [_repo_tag(options)])
+            archive.write_docker_archive(store, options.entry_name, options.dest, [_repo_tag(options)],
+                                         file_mode=options.file_mode)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -478,7 +529,8 @@ class _ContainerdTarget(_LayoutTarget):
 
     def __init__(self, options: PullOptions) -> None:  # pylint: disable=super-init-not-called
         self.options = options
-        self.client = containerd.connect(options.containerd_address, options.containerd_namespace, must_exist=False)
+        self.client = containerd.connect(options.containerd_address, options.containerd_namespace, must_exist=False,
+                                         executable=options.containerd_ctr_path)
         self.content = _ContainerdContent(self.client)
         self.store = self.content  # type: ignore[assignment]  # read-only use in _plan
         self.names = containerd_names(options.ref)
@@ -534,10 +586,9 @@ class _ContainerdTarget(_LayoutTarget):
             return False
         try:
             config = json.loads(self.content.read_blob(image.config.digest))
-            diff_ids = config["rootfs"]["diff_ids"]
+            chain = containerd.chain_ids(config["rootfs"]["diff_ids"])  # refuses what is not a digest
         except (EcrkitError, KeyError, TypeError, ValueError):
-            return False
-        chain = containerd.chain_ids(diff_ids)
+            return False  # an unusable config is not unpacked: the import unpacks it (and containerd refuses it)
         return not chain or self.client.has_snapshot(chain[-1])
 
     def _unpack_manifest(self, plan: _Plan) -> Optional[ImageManifest]:
@@ -558,8 +609,8 @@ class _ContainerdTarget(_LayoutTarget):
         if plan is None:
             raise EcrkitError("containerd needs the plan before anything is stored.")
         root, self.lock_file = self._staging_paths(plan.top.digest, create=True)
-        self.lock_fd = layout.lock_path(self.lock_file, None, f"the pull of {plan.top.digest} into containerd")
-        self.staging = OciLayout(root, create=True)
+        self.lock_fd = layout.lock_path(self.lock_file, layout.CLAIM_TIMEOUT, f"the pull of {plan.top.digest} into containerd")
+        self.staging = OciLayout(root, create=True, private=True)
         self.staging_image = containerd.staging_name(plan.top.digest)
         self._keep_platforms(plan)  # before an import relabels the index with this platform only
         self._import(plan, [self.staging_image], unpack=False)
@@ -567,18 +618,25 @@ class _ContainerdTarget(_LayoutTarget):
         return self.staging
 
     def _staging_paths(self, digest: str, create: bool) -> Tuple[str, str]:
-        """The staging layout and lock file of the pull of ``digest``."""
-        base = self.options.dest
-        if base:
-            try:
-                if create:
-                    os.makedirs(base, exist_ok=True)
-            except OSError as exc:
-                raise storage_error(exc, "creating the staging directory", base) from None
+        """The staging layout and lock file of the pull of ``digest``.
+
+        In ``dest`` when given (a directory that only root and this user can change), else in
+        ``ecrkit-<uid>`` under ``$TMPDIR`` or ``/var/tmp``: a directory of this user with mode 0700, as
+        tmux keeps its sockets, so that nobody else can prepare, read or swap what is staged there.
+        Without ``create``, nothing is made or checked (the caller looks whether anything is there).
+        """
+        if self.options.dest:
+            base = self.options.dest
+            if create:
+                base = hostfs.verify_directory(base, "the staging directory", create=True, mode=hostfs.PRIVATE_MODE)
         else:
-            base = os.environ.get("TMPDIR") or "/var/tmp"
-            if not os.path.isdir(base):
-                base = tempfile.gettempdir()
+            temp = os.environ.get("TMPDIR") or "/var/tmp"
+            if not os.path.isdir(temp):
+                temp = tempfile.gettempdir()
+            base = os.path.join(temp, f"ecrkit-{os.geteuid()}")
+            if create:
+                temp = hostfs.verify_directory(temp, "the temporary directory", shared=True)
+                base = hostfs.private_directory(temp, f"ecrkit-{os.geteuid()}", "the staging area of containerd pulls")
         name = digest.replace(":", "-")
         return os.path.join(base, f".ecrkit-containerd-{name}"), os.path.join(base, f".ecrkit-containerd-{name}.lock")
 
@@ -587,8 +645,9 @@ class _ContainerdTarget(_LayoutTarget):
         if self.options.check_mode:
             return
         root, lock_file = self._staging_paths(digest, create=False)
-        if not (os.path.exists(root) or os.path.exists(lock_file)):
+        if not (os.path.lexists(root) or os.path.lexists(lock_file)):
             return
+        root, lock_file = self._staging_paths(digest, create=True)  # checks whose it is before touching it
         try:
             fd = layout.lock_path(lock_file, 0, "a staging layout")
         except layout.LockTimeoutError:
@@ -621,7 +680,8 @@ class _ContainerdTarget(_LayoutTarget):
         staging = self.open_for_writing(plan) if self.staging is None else self.staging
         for blob in self.missing(plan.blobs):
             path = staging.blob_path(blob.digest)
-            self.client.ingest(path, blob.digest, blob.size)
+            with staging.open_blob(blob.digest) as handle:  # O_NOFOLLOW, a regular file: never a swapped-in link
+                self.client.ingest(handle, blob.digest, blob.size)
             with contextlib.suppress(OSError):
                 os.unlink(path)  # containerd has its own copy now; keep the staging disk use to one image
         names = containerd_names(options.ref, plan.top.digest)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -41,8 +42,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, manifest, transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import (
     EcrApiError, EcrRepository, LayerRefusedError, RepositoryNotFoundError, RetryPolicy, check_max_attempts)
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import BLOB_PRESENT, OciLayout, ref_name
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError, storage_error
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
+    BLOB_DIGEST_MISMATCH, BLOB_MISSING, BLOB_NOT_A_FILE, BLOB_PRESENT, BLOB_SIZE_MISMATCH, OciLayout, ref_name)
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import Descriptor, parse_manifest
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import ImageRef, check_region, parse_reference
 
@@ -83,6 +85,7 @@ class PushOptions:
     containerd_address: str = containerd.DEFAULT_ADDRESS
     containerd_namespace: str = containerd.DEFAULT_NAMESPACE
     max_attempts: int = 10
+    containerd_ctr_path: Optional[str] = None  # None: ctr from the system directories
 
     @classmethod
     def from_params(cls, *, ref: str, src: str, src_format: str = "oci", src_tag: str | None = None,
@@ -90,7 +93,8 @@ class PushOptions:
                     image_tag_mutability: str | None = None, region: str | None = None,
                     max_concurrent_uploads: int = 4, check_mode: bool = False,
                     containerd_address: str = containerd.DEFAULT_ADDRESS,
-                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE, max_attempts: int = 10) -> PushOptions:
+                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE, max_attempts: int = 10,
+                    containerd_ctr_path: str | None = None) -> PushOptions:
         """Validate the module's options (in the user's terms) before any network call."""
         image_ref = parse_reference(ref, default_tag=None)  # a push names its tag (or a digest, for an untagged push)
         check_region(image_ref, region)
@@ -120,7 +124,7 @@ class PushOptions:
                    create_repository=create_repository, image_tag_mutability=image_tag_mutability,
                    max_concurrent_uploads=max_concurrent_uploads, check_mode=check_mode,
                    containerd_address=containerd_address, containerd_namespace=containerd_namespace,
-                   max_attempts=max_attempts)
+                   max_attempts=max_attempts, containerd_ctr_path=containerd_ctr_path or None)
 
     @property
     def api_retry(self) -> RetryPolicy:
@@ -153,18 +157,53 @@ class _Blobs:
 
 
 class _LayoutBlobs(_Blobs):
+    """An OCI layout, which whoever made it can still change: a blob is hashed from the descriptor that
+    ``status(verify=True)`` opened, and its upload reads only that same file (device, inode, size), so a
+    blob swapped for a link or another file after its check sends nothing (see :func:`transfer.iter_parts`)."""
+
     def __init__(self, store: OciLayout) -> None:
         self.store = store
         self.name = f"the OCI layout {store.root}"
+        self.verified: Dict[str, Tuple[int, int, int]] = {}  # digest -> identity of the file that hashed to it
 
     def status(self, digest: str, size: int, verify: bool = True) -> str:
-        return self.store.blob_status(digest, size, verify=verify)
+        if not verify:
+            return self.store.blob_status(digest, size, verify=False)
+        path = self.store.blob_path(digest)
+        try:
+            fd, info = transfer.open_source_file(os.path.relpath(path, self.store.root), self.store.root)
+        except FileNotFoundError:
+            return BLOB_MISSING
+        except OSError as exc:
+            if isinstance(exc, transfer.NotARegularFileError) or exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                return BLOB_NOT_A_FILE
+            raise storage_error(exc, f"opening blob {digest}", path) from None
+        try:
+            if info.st_size != size:
+                return BLOB_SIZE_MISMATCH
+            hasher = hashlib.sha256()
+            while True:
+                try:
+                    data = os.read(fd, _READ_CHUNK)
+                except OSError as exc:
+                    raise storage_error(exc, f"reading blob {digest}", path) from None
+                if not data:
+                    break
+                hasher.update(data)
+        finally:
+            os.close(fd)
+        if "sha256:" + hasher.hexdigest() != digest:
+            return BLOB_DIGEST_MISMATCH
+        self.verified[digest] = transfer.file_identity(info)
+        return BLOB_PRESENT
 
     def read_blob(self, digest: str) -> bytes:
         return self.store.read_blob(digest, manifest.MAX_MANIFEST_SIZE)
 
     def parts(self, digest: str, parts: Sequence[Tuple[int, int]]) -> Iterator[Tuple[int, int, bytes]]:
-        return transfer.iter_parts(self.store.blob_path(digest), parts)
+        path = self.store.blob_path(digest)
+        return transfer.iter_parts(os.path.relpath(path, self.store.root), parts, root=self.store.root,
+                                   identity=self.verified.get(digest), digest=digest)
 
 
 class _ArchiveBlobs(_Blobs):
@@ -347,7 +386,8 @@ def docker_manifest(reader: archive.DockerArchive, image: Dict[str, Any]) -> Tup
 def open_source(options: PushOptions) -> Iterator[_Source]:
     """The validated image of ``options.src``; archives stay open until the block ends."""
     if options.src_format == "containerd":
-        client = containerd.connect(options.containerd_address, options.containerd_namespace, must_exist=True)
+        client = containerd.connect(options.containerd_address, options.containerd_namespace, must_exist=True,
+                                    executable=options.containerd_ctr_path)
         record = client.image(options.src)
         if record is None:
             raise containerd.UnknownImageError(

@@ -31,10 +31,13 @@ task that fails cancels the rest of its group, and the group's ``wait()`` raises
   a run killed at any point resumes with only the missing ranges, re-hashing the rest from disk.
 
 Presigned URLs are credentials: they never appear in an exception message, a result or a log line.
-Errors name the blob's digest instead (and, for connection failures, the host).
+Errors name the blob's digest instead (and, for connection failures, the host asked first; never where a
+redirect led). Redirects are followed at most 5 times, to http(s) only, never from https down to http,
+and to another origin without any header but the range.
 
 Upload side: :func:`plan_parts` and :func:`iter_parts` cut a blob into the parts ``UploadLayerPart``
-accepts and read them one at a time.
+accepts and read them one at a time, from the very file that was verified (no link followed, no FIFO
+waited on, same inode and size).
 
 Only the standard library is used (``http.client``): on loopback its ``readinto`` path received about
 3.5 GiB/s at 0.21 CPU seconds per GiB against urllib3's 2.6 GiB/s at 0.29-0.35 (equal under TLS), it
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import errno
 import fcntl
 import functools
@@ -55,12 +59,14 @@ import re
 import select
 import socket
 import ssl
+import stat
 import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
+from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import RetryPolicy
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError, StorageError, storage_error
 
@@ -94,6 +100,8 @@ _JOURNAL_MAGIC = "ecrkit-partial 1"
 _RETRY_STATUSES = frozenset((408, 429))
 _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _MAX_REDIRECTS = 5
+_CROSS_ORIGIN_HEADERS = frozenset(("range", "if-range", "accept"))
+"""What a redirect to another origin carries of the caller's headers: nothing that identifies or authorises."""
 _USER_AGENT = "ecrkit.images"
 
 
@@ -130,6 +138,12 @@ class BlobVerificationError(TransferError):
     """The bytes served for a blob do not match its descriptor (size or digest), twice in a row."""
 
     code = "blob_verification_failed"
+
+
+class RedirectRefusedError(TransferError):
+    """The blob storage redirected a download where this client does not follow (https to http, not http(s))."""
+
+    code = "redirect_refused"
 
 
 class TransferCancelled(EcrkitError):
@@ -514,16 +528,33 @@ class HttpClient:
         self.connections_opened = 0
 
     def get(self, url: str, headers: Mapping[str, str] | None = None) -> HttpResponse:
-        """GET ``url`` (following up to 5 redirects). Raises OSError/http.client.HTTPException for
-        network failures and :class:`UnusableUrlError` for a URL this client cannot use; neither
-        names the URL."""
-        for dummy in range(_MAX_REDIRECTS + 1):
-            response = self._request(url, headers or {})
+        """GET ``url``, following up to 5 redirects: to http(s) URLs only, never from https to plain http,
+        and to another origin with only the range headers (no credential, no cookie: a presigned URL
+        carries its own). Raises OSError/http.client.HTTPException for network failures,
+        :class:`UnusableUrlError` for a URL this client cannot use and :class:`RedirectRefusedError` for
+        a redirect it does not follow; none of them names a URL, and errors met after a redirect do not
+        name where it led either."""
+        sent = dict(headers or {})
+        for hop in range(_MAX_REDIRECTS + 1):
+            try:
+                response = self._request(url, sent)
+            except UnusableUrlError:
+                if hop:
+                    raise RedirectRefusedError("The blob storage redirected a download to a URL this client cannot use; "
+                                               "the redirect was not followed.") from None
+                raise
+            except ssl.SSLCertVerificationError as exc:
+                if hop:
+                    raise _without_host(exc) from None
+                raise
             location = response.header("Location") if response.status in _REDIRECT_STATUSES else None
             if not location:
                 return response
             response.close()
-            url = urllib.parse.urljoin(url, location)
+            target = _redirect_target(url, location)
+            if _origin(target) != _origin(url):
+                sent = {name: value for name, value in sent.items() if name.lower() in _CROSS_ORIGIN_HEADERS}
+            url = target
         raise http.client.HTTPException(f"more than {_MAX_REDIRECTS} redirects")
 
     def _request(self, url: str, headers: Mapping[str, str]) -> HttpResponse:
@@ -552,7 +583,7 @@ class HttpClient:
                     conn.putheader(name, value)
                 conn.endheaders()
                 response = conn.getresponse()
-            except http.client.InvalidURL:  # its message quotes the URL
+            except (http.client.InvalidURL, UnicodeEncodeError):  # InvalidURL quotes the URL; non-ASCII text
                 self.release(key, conn, False)
                 raise UnusableUrlError() from None
             except (ConnectionError, http.client.BadStatusLine):
@@ -667,6 +698,44 @@ class HttpClient:
             conn.close()
 
 
+def _origin(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port of a URL that :meth:`HttpClient._request` accepted or that
+    :func:`_redirect_target` returned."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def _redirect_target(url: str, location: str) -> str:
+    """The URL a ``Location`` answered for ``url`` leads to; :class:`RedirectRefusedError` for one not followed."""
+    try:
+        target = urllib.parse.urldefrag(urllib.parse.urljoin(url, location.strip()))[0]
+        parts = urllib.parse.urlsplit(target)
+        parts.port  # pylint: disable=pointless-statement  # raises ValueError when malformed
+    except ValueError:
+        raise RedirectRefusedError("The blob storage redirected a download to a URL that does not parse; "
+                                   "the redirect was not followed.") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise RedirectRefusedError("The blob storage redirected a download to something other than an http(s) URL; "
+                                   "the redirect was not followed.")
+    if scheme == "http" and urllib.parse.urlsplit(url).scheme.lower() == "https":
+        raise RedirectRefusedError("The blob storage redirected an https download to plain http, which would send the "
+                                   "blob unencrypted and unverified, so the redirect was refused; check for a proxy or "
+                                   "storage endpoint that rewrites URLs.")
+    return target
+
+
+def _without_host(exc: ssl.SSLCertVerificationError) -> ssl.SSLCertVerificationError:
+    """The same verification failure, minus the host name OpenSSL quotes (here: where a redirect led)."""
+    message = exc.verify_message or exc.reason or "certificate verify failed"
+    clean = ssl.SSLCertVerificationError(exc.errno, "certificate verify failed")
+    clean.verify_code = exc.verify_code
+    clean.verify_message = re.sub(r"'[^']*'", "the host a redirect led to", str(message))
+    clean.reason = exc.reason
+    return clean
+
+
 def _still_open(conn: http.client.HTTPConnection) -> bool:
     """An idle keep-alive connection is usable when nothing is readable on it (no EOF, no stray bytes)."""
     sock = conn.sock
@@ -694,12 +763,19 @@ class BlobJob:
     asks for a fresh one after a 403. It is called lazily (not at all for a blob already complete on
     disk), from worker threads, at most once at a time per blob. ``path`` is the partial file; its
     directory must exist. ``path + ".journal"`` is used beside it.
+
+    ``claim()``, when given, is entered when a worker starts on the blob and left once the blob is done
+    with (verified and committed, or abandoned): the right to write ``path``, held only while it is
+    used. It yields False when the blob needs no download any more (another run stored it meanwhile).
+    ``commit(result)``, when given, is called with the verified result while the claim is still held.
     """
 
     digest: str
     size: int
     path: str
     get_url: Callable[[bool], str]
+    claim: Callable[[], ContextManager[bool]] | None = None
+    commit: Callable[[DownloadResult], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -724,6 +800,7 @@ class DownloadResult:
     requests: int
     retries: int
     ranged: bool
+    skipped: bool = False
 
 
 def journal_path(partial_path: str) -> str:
@@ -799,9 +876,9 @@ def _read_journal(path: str, digest: str, size: int, available: int) -> list[tup
     of the partial file. Unreadable, foreign or damaged journals count as empty; a last line cut short
     (the process died while appending) is ignored."""
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(hostfs.open_regular(path, os.O_RDONLY, "the journal of a download"), "rb") as handle:
             text = handle.read().decode("ascii")
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, EcrkitError):
         return []
     lines = text.split("\n")
     if not lines or lines[0] != f"{_JOURNAL_MAGIC} {digest} {size}":
@@ -849,6 +926,8 @@ class _BlobDownload:
         self.mismatch = ""
         self.failed = False
         self.result: DownloadResult | None = None
+        self.claim: contextlib.ExitStack | None = None
+        self.on_done: Callable[[], None] = _done_call
         self.url_lock = threading.Lock()
         self.url: str | None = None
         self.url_version = 0
@@ -862,10 +941,39 @@ class _BlobDownload:
 
     # -- files -------------------------------------------------------------------------------------
 
-    def open(self, fresh: bool = False) -> None:
-        """Open (or create) the partial file, lock it, read the journal and plan the ranges."""
+    def begin(self) -> None:
+        """A worker starts on this blob: claim it, open its files and queue its ranges (or skip it)."""
+        if self.job.claim is not None:
+            self.claim = contextlib.ExitStack()
+            if not self.claim.enter_context(self.job.claim()):
+                self.result = DownloadResult(
+                    digest=self.digest, size=self.size, path=self.path, bytes_transferred=0, resumed_bytes=0,
+                    attempts=0, url_refreshes=0, requests=0, retries=0, ranged=False, skipped=True)
+                self.release()
+                return
+        self.open()
+        self.start()
+
+    def release(self) -> None:
+        """Give up the claim (if any) and let the next blob start."""
+        claim, self.claim = self.claim, None
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+            if claim is not None:
+                claim.close()
+        finally:
+            on_done, self.on_done = self.on_done, _done_call
+            on_done()
+
+    def open(self, fresh: bool = False) -> None:
+        """Open (or create) the partial file, lock it, read the journal and plan the ranges.
+
+        Through :func:`hostfs.open_regular`: a link, a FIFO, a file with other names (hard links) or
+        another user's file found at the partial path is refused, checked on the descriptor written to.
+        """
+        try:
+            # the partial file becomes the blob: readable as the layout's other files (its directory is private)
+            self.fd = hostfs.open_regular(self.path, os.O_RDWR | os.O_CREAT, f"the download of {self.digest}",
+                                          mode=0o644, owner=os.geteuid())
         except OSError as exc:
             raise storage_error(exc, "creating", self.path) from None
         try:
@@ -891,10 +999,12 @@ class _BlobDownload:
         if self.journal_fd >= 0:
             os.close(self.journal_fd)
             self.journal_fd = -1
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)  # never through a planted link
         try:
-            self.journal_fd = os.open(self.journal, flags | (0 if append else os.O_TRUNC), 0o666)
+            # never through a planted link; truncated only after the descriptor was checked
+            self.journal_fd = hostfs.open_regular(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                                  f"the journal of the download of {self.digest}", owner=os.geteuid())
             if not append:
+                os.ftruncate(self.journal_fd, 0)
                 os.write(self.journal_fd, f"{_JOURNAL_MAGIC} {self.digest} {self.size}\n".encode("ascii"))
         except OSError as exc:
             raise storage_error(exc, "writing", self.journal) from None
@@ -1063,11 +1173,15 @@ class _BlobDownload:
         except OSError as exc:
             raise storage_error(exc, "removing", self.journal) from None
         self.close()
+        result = DownloadResult(
+            digest=self.digest, size=self.size, path=self.path, bytes_transferred=self.transferred,
+            resumed_bytes=self.resumed, attempts=self.attempts, url_refreshes=self.url_refreshes,
+            requests=self.requests, retries=self.retries, ranged=not self.stream)
+        if self.job.commit is not None:
+            self.job.commit(result)
         with self.lock:
-            self.result = DownloadResult(
-                digest=self.digest, size=self.size, path=self.path, bytes_transferred=self.transferred,
-                resumed_bytes=self.resumed, attempts=self.attempts, url_refreshes=self.url_refreshes,
-                requests=self.requests, retries=self.retries, ranged=not self.stream)
+            self.result = result
+        self.release()
 
     # -- hashing -----------------------------------------------------------------------------------
 
@@ -1353,10 +1467,13 @@ def _check_space(downloads: Sequence[_BlobDownload]) -> None:
         directory = os.path.dirname(os.path.abspath(blob.path))
         try:
             device = os.stat(directory).st_dev
-            # what the (sparse) partial file still has to allocate
-            missing = max(0, blob.size - os.fstat(blob.fd).st_blocks * 512)
-        except (OSError, AttributeError):
+        except OSError:
             continue
+        try:
+            # what the (sparse) partial file still has to allocate
+            missing = max(0, blob.size - os.lstat(blob.path).st_blocks * 512)
+        except (OSError, AttributeError):
+            missing = blob.size
         total, dummy = needed.get(device, (0, directory))
         needed[device] = (total + missing, directory)
     for total, directory in needed.values():
@@ -1371,13 +1488,41 @@ def _check_space(downloads: Sequence[_BlobDownload]) -> None:
                 "space or choose another destination.", directory)
 
 
+class _Window:
+    """Starts the blobs of one download in order, a new one as one finishes, at most ``size`` at a time.
+
+    Workers take tasks in order, so the ranges of the blobs begun are worked on before the next blob
+    begins; ``size`` (the connections) keeps every worker busy while bounding the files held open.
+    """
+
+    def __init__(self, group: TaskGroup, downloads: Sequence[_BlobDownload], size: int) -> None:
+        self.group = group
+        self.size = size
+        self.pending = collections.deque(downloads)
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        for dummy in range(self.size):
+            self.next()
+
+    def next(self) -> None:
+        with self.lock:
+            if not self.pending:
+                return
+            blob = self.pending.popleft()
+        blob.on_done = self.next
+        self.group.submit(blob.begin)
+
+
 def download_blobs(pool: TransferPool, jobs: Sequence[BlobJob], chunk_size: int = DEFAULT_CHUNK_SIZE,
                    ranged: bool = True, progress: Callable[[str, int], None] | None = None) -> list[DownloadResult]:
     """Download ``jobs`` over ``pool``'s workers; return one verified :class:`DownloadResult` per job,
     in order.
 
-    Every partial file is opened (and its journal read) before the first request, so a local problem
-    fails fast. ``ranged=False`` fetches each blob as one stream. ``progress(digest, nbytes)`` is called
+    The space the blobs still need is checked before the first request. A blob's files are opened
+    (and its claim taken) when a worker starts on it, and closed (and the claim left) when it is done,
+    at most ``pool.max_connections`` blobs at a time (:class:`_Window`), so an image of a thousand
+    layers holds a few dozen descriptors, not thousands. ``ranged=False`` fetches each blob as one stream. ``progress(digest, nbytes)`` is called
     from worker threads as bytes are written. The first error cancels the rest and is raised
     (:class:`TransferError` and subclasses, :class:`StorageError` and subclasses, or whatever a URL
     provider raised); partial files and journals stay for the next run, except those of a blob that
@@ -1397,11 +1542,8 @@ def download_blobs(pool: TransferPool, jobs: Sequence[BlobJob], chunk_size: int 
     group = pool.group()
     downloads = [_BlobDownload(job, group, chunk_size, ranged, progress) for job in jobs]
     try:
-        for blob in downloads:
-            blob.open()
         _check_space(downloads)
-        for blob in downloads:
-            blob.start()
+        _Window(group, downloads, pool.max_connections).start()
         group.wait()
     except BaseException:
         group.cancel(wait=True)
@@ -1409,7 +1551,11 @@ def download_blobs(pool: TransferPool, jobs: Sequence[BlobJob], chunk_size: int 
     finally:
         for blob in downloads:
             if blob.result is None:
-                blob.abandon()
+                blob.on_done = _done_call  # nothing more starts after a failure
+                try:
+                    blob.abandon()
+                finally:
+                    blob.release()
     results = [blob.result for blob in downloads]
     if any(result is None for result in results):  # pragma: no cover - wait() raises first
         raise TransferError("A download ended without a verified result.")
@@ -1442,14 +1588,88 @@ def plan_parts(size: int, part_size: int = ECR_MAX_PART_SIZE) -> list[tuple[int,
     return parts
 
 
-def iter_parts(path: str, parts: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, bytes]]:
+class NotARegularFileError(OSError):
+    """Raised by :func:`open_source_file` for a directory, FIFO, socket or device."""
+
+
+class SourceChangedError(StorageError):
+    """A file to upload is no longer the one that was verified (replaced, re-linked or resized)."""
+
+    code = "source_changed"
+
+
+_SOURCE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_SOURCE_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def file_identity(info: os.stat_result) -> tuple[int, int, int]:
+    """What says that a file read later is the one that was verified: device, inode and size."""
+    return info.st_dev, info.st_ino, info.st_size
+
+
+def open_source_file(path: str, root: str | None = None) -> tuple[int, os.stat_result]:
+    """Open a file to upload for reading; return the descriptor and its ``fstat``.
+
+    Without ``root`` the last component of ``path`` must not be a symbolic link; with ``root``,
+    ``path`` is relative to it and none of its components may be one (the directories of an image
+    source belong to whoever made it). ``O_NONBLOCK`` until ``fstat`` has shown a regular file, so a
+    FIFO never blocks. Raises OSError: ``ELOOP`` (or ``ENOTDIR``) for a link, :class:`NotARegularFileError`
+    for anything but a regular file.
+    """
+    dir_fd = None
+    name = path
+    try:
+        if root is not None:
+            names = [part for part in path.split("/") if part]
+            dir_fd = os.open(root, _SOURCE_DIR_FLAGS & ~os.O_NOFOLLOW)  # the root: the operator's path
+            for part in names[:-1]:
+                child = os.open(part, _SOURCE_DIR_FLAGS, dir_fd=dir_fd)
+                os.close(dir_fd)
+                dir_fd = child
+            name = names[-1]
+        fd = os.open(name, _SOURCE_FLAGS, dir_fd=dir_fd)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFileError(errno.EINVAL, "not a regular file")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def iter_parts(path: str, parts: Sequence[tuple[int, int]], *, root: str | None = None,
+               identity: tuple[int, int, int] | None = None, digest: str = "") -> Iterator[tuple[int, int, bytes]]:
     """Read ``path`` one part at a time: yields ``(first, last, data)``. Only one part is in memory;
-    the file stays open until the generator is exhausted or closed."""
+    the file stays open until the generator is exhausted or closed.
+
+    The file is opened by :func:`open_source_file` (``root`` as there) when the first part is asked
+    for. ``identity`` is the :func:`file_identity` of the file that was verified: a file that is not
+    that one any more (replaced by a link or another file, resized) raises :class:`SourceChangedError`
+    naming ``digest`` before a byte is read, so a swap after the check never sends other bytes."""
+    shown = os.path.join(root, path) if root is not None else path
+    changed = (f"The blob {digest} at {shown} changed during the push (it is no longer the regular file that was "
+               "verified), so it was not read; find out what replaced it, then run again.")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd, info = open_source_file(path, root)
     except OSError as exc:
-        raise storage_error(exc, "opening", path) from None
+        link = exc.errno in (errno.ELOOP, errno.ENOTDIR)  # ENOTDIR: a link where a directory was
+        if identity is not None and (link or isinstance(exc, (NotARegularFileError, FileNotFoundError))):
+            raise SourceChangedError(changed, shown) from None
+        if isinstance(exc, NotARegularFileError):
+            raise StorageError(f"{shown} is not a regular file (a directory, FIFO or device), so it is not uploaded.",
+                               shown) from None
+        if link:
+            raise StorageError(f"{shown} is or lies under a symbolic link, which is not followed; give the file itself.",
+                               shown) from None
+        raise storage_error(exc, "opening", shown) from None
     try:
+        if identity is not None and file_identity(info) != tuple(identity):
+            raise SourceChangedError(changed, shown)
         for first, last in parts:
             length = last - first + 1
             chunks = []
@@ -1458,10 +1678,10 @@ def iter_parts(path: str, parts: Sequence[tuple[int, int]]) -> Iterator[tuple[in
                 try:
                     data = os.pread(fd, length - got, first + got)
                 except OSError as exc:
-                    raise storage_error(exc, "reading", path) from None
+                    raise storage_error(exc, "reading", shown) from None
                 if not data:
-                    raise StorageError(f"{path} ended at byte {first + got}, before the end of part {first}-{last}; "
-                                       "the file changed while it was being uploaded.", path)
+                    raise StorageError(f"{shown} ended at byte {first + got}, before the end of part {first}-{last}; "
+                                       "the file changed while it was being uploaded.", shown)
                 chunks.append(data)
                 got += len(data)
             yield first, last, chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -47,7 +47,17 @@ options:
       - With O(format=oci-archive) or O(format=docker-archive), the path of the archive file.
       - Required, except with O(format=containerd). There it optionally names the directory where the
         layers containerd lacks are staged until containerd has ingested them (removed when the pull
-        succeeds, kept for the next run when it fails); the default is E(TMPDIR) or C(/var/tmp).
+        succeeds, kept for the next run when it fails); the default is C(ecrkit-UID) (mode 0700) in
+        E(TMPDIR) or C(/var/tmp).
+      - Other users must not be able to change what O(dest) leads to, since the module usually runs as
+        root. A layout directory, a staging directory and every directory above them must belong to
+        root or to the user the module runs as and be writable by nobody else; an archive may be written
+        into a shared sticky directory such as C(/tmp), where its staging files are then private to this
+        user. Anything else is refused before any API call, with the directory to fix.
+      - O(mode), O(owner) and O(group) apply to the layout directory (its files are only reached through
+        it) or to the archive file. A replaced archive keeps the mode and owner it had unless they are
+        given. A layout must stay this user's and closed to writes by others (the next run refuses it
+        otherwise), so give O(group) and a O(mode) such as V('0750') to share it for reading.
     type: path
   format:
     description:
@@ -114,6 +124,7 @@ options:
     type: int
     default: 60
 extends_documentation_fragment:
+  - ansible.builtin.files
   - ecrkit.images.containerd
   - ecrkit.images.retries
   - amazon.aws.common.modules
@@ -265,7 +276,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import blob_tls_verify, connect, explicit_region
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
-from ansible_collections.ecrkit.images.plugins.module_utils.pull import PullOptions, pull
+from ansible_collections.ecrkit.images.plugins.module_utils.pull import PullOptions, apply_file_attributes, pull
 
 
 def main() -> None:
@@ -282,12 +293,14 @@ def main() -> None:
             ranged_downloads=dict(type="bool", default=True),
             containerd_namespace=dict(type="str", default="default"),
             containerd_address=dict(type="path", default="/run/containerd/containerd.sock"),
+            containerd_ctr_path=dict(type="str"),
             unpack=dict(type="bool", default=True),
             max_attempts=dict(type="int", default=10),
             download_timeout=dict(type="int", default=60),
         ),
         mutually_exclusive=[("platform", "all_platforms")],
         supports_check_mode=True,
+        add_file_common_args=True,
     )
     params = module.params
     try:
@@ -297,8 +310,12 @@ def main() -> None:
             max_connections=params["max_concurrent_downloads"], chunk_size=_bytes(params["chunk_size"]),
             ranged=params["ranged_downloads"], tls_verify=blob_tls_verify(params), check_mode=module.check_mode,
             containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"],
+            containerd_ctr_path=params["containerd_ctr_path"], mode=params["mode"],
             unpack=params["unpack"], max_attempts=params["max_attempts"], download_timeout=params["download_timeout"])
         result = pull(options, lambda ref: connect(module, ref, options.api_retry))
+        if apply_file_attributes(options, lambda path: module.set_fs_attributes_if_different(
+                module.load_file_common_arguments(params, path=path), False, result.get("diff"))):
+            result["changed"] = True
     except EcrkitError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)
     if not module._diff:  # pylint: disable=protected-access

@@ -227,6 +227,7 @@ def main() -> None:
             max_concurrent_uploads=dict(type="int", default=4),
             containerd_namespace=dict(type="str", default="default"),
             containerd_address=dict(type="path", default="/run/containerd/containerd.sock"),
+            containerd_ctr_path=dict(type="str"),
             max_attempts=dict(type="int", default=10),
         ),
         supports_check_mode=True,
@@ -239,6 +240,7 @@ def main() -> None:
             image_tag_mutability=params["image_tag_mutability"], region=explicit_region(params["region"]),
             max_concurrent_uploads=params["max_concurrent_uploads"], check_mode=module.check_mode,
             containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"],
+            containerd_ctr_path=params["containerd_ctr_path"],
             max_attempts=params["max_attempts"])
         result = push(options, lambda ref: connect(module, ref, options.api_retry))
     except EcrkitError as exc:

@@ -47,6 +47,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 [metrics]
   address = ""
+{gc}"""
+
+# Unit tests make containerd collect garbage when they mean to (`ctr images rm --sync` waits for a
+# collection); one at a moment of the daemon's choosing (100 ms after start, or after 100 changes) raced
+# with tests that ingest content before anything references it, and made them fail now and then under
+# load. The fault matrix keeps containerd's own schedule: a collection at any moment is one of its faults.
+ON_DEMAND_GC = """
+[plugins."io.containerd.gc.v1.scheduler"]
+  startup_delay = "24h"
+  deletion_threshold = 0
+  mutation_threshold = 1000000
 """
 
 
@@ -61,8 +72,9 @@ def available() -> Optional[str]:
 
 
 class PrivateContainerd:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, scheduled_gc: bool = False) -> None:
         self.directory = os.path.abspath(directory)
+        self.scheduled_gc = scheduled_gc
         # unix socket paths are limited to 108 bytes: keep the socket short, in its own temp dir if needed
         self.address = os.path.join(self.directory, "c.sock")
         if len(self.address) > 100:
@@ -77,7 +89,8 @@ class PrivateContainerd:
     def start(self) -> "PrivateContainerd":
         os.makedirs(self.directory, exist_ok=True)
         with open(self.config, "w", encoding="utf-8") as handle:
-            handle.write(CONFIG.format(root=self.root, state=self.state, socket=self.address))
+            handle.write(CONFIG.format(root=self.root, state=self.state, socket=self.address,
+                                       gc="" if self.scheduled_gc else ON_DEMAND_GC))
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(["containerd", "--config", self.config], stdout=log, stderr=log,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
@@ -162,8 +175,8 @@ def _unmount_under(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def run_containerd(directory: str) -> Iterator[PrivateContainerd]:
-    daemon = PrivateContainerd(directory).start()
+def run_containerd(directory: str, scheduled_gc: bool = False) -> Iterator[PrivateContainerd]:
+    daemon = PrivateContainerd(directory, scheduled_gc).start()
     try:
         yield daemon
     finally:

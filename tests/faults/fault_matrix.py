@@ -951,7 +951,7 @@ class Bed:
             self.proxy = FaultProxy(("127.0.0.1", self.ecr.port))
             self.stack.callback(self.proxy.close)
             if "containerd" in self.targets:
-                self.daemon = self.stack.enter_context(private_containerd.run_containerd(os.path.join(self.workdir, "ctd")))
+                self.daemon = self.stack.enter_context(private_containerd.run_containerd(os.path.join(self.workdir, "ctd"), scheduled_gc=True))
             client = self.ecr.client()
             for tag, count, size, seed in IMAGES:
                 image = sample_images.build_random_image(self.source, tag, count=count, size=size, seed=seed)

@@ -8,16 +8,18 @@ import io
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, ecr, layout, manifest, pull
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, ecr, hostfs, layout, manifest, pull
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import ManifestError, PlatformNotFoundError
 
@@ -746,3 +748,154 @@ def test_containerd_unchanged_run_removes_what_a_late_kill_left(seeded, private_
     assert not again["changed"] and again["api_calls"] == 1
     assert private_containerd.image_names() == sorted(again["containerd"]["images"])
     assert not os.listdir(tmp_path / "s")
+
+
+# Another user on the host (uid 65534) lays traps where a root pull writes (issue: security review) -------
+
+def _plant_staging_trap(as_nobody, monkeypatch, staging_roots, target):
+    """As another user: staging layouts with a harmless partial directory, swapped for a link to
+    ``target`` once the pull has checked it and is about to download (the race of the security review).
+    Returns the list of what ``target`` held right after the download (a commit renames files away)."""
+    def plant():
+        for root in staging_roots:
+            os.makedirs(os.path.join(root, ".ecrkit", "partial"), mode=0o777)
+    assert as_nobody(plant) == "ok"
+
+    def swap():
+        for root in staging_roots:
+            partial = os.path.join(root, ".ecrkit", "partial")
+            if os.path.isdir(partial):
+                os.rename(partial, partial + ".checked")
+                os.symlink(target, partial)
+    real_download = pull.transfer.download_blobs
+
+    written_there = []
+
+    def download_after_the_swap(*args, **kwargs):
+        assert as_nobody(swap) == "ok"
+        try:
+            return real_download(*args, **kwargs)
+        finally:
+            written_there.extend(os.listdir(target))
+    monkeypatch.setattr(pull.transfer, "download_blobs", download_after_the_swap)
+    return written_there
+
+
+def _run_with_deadline(call, seconds=60):
+    """``call()`` in a thread: what it returned or raised, or "hung" (a regression must fail, not hang)."""
+    outcome = []
+
+    def target():
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # pylint: disable=broad-except
+            outcome.append(exc)
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return outcome[0] if outcome else "hung"
+
+
+def test_containerd_staging_without_dest_cannot_be_prepared_by_another_user(
+        seeded, private_containerd, shared_tmp, tmp_path, as_nobody, monkeypatch):
+    endpoint, images = seeded
+    cron = tmp_path / "cron.d"
+    cron.mkdir()
+    monkeypatch.setenv("TMPDIR", shared_tmp)
+    name = images["one"].digest.replace(":", "-")
+    # the names a pull would stage under: today's private directory, and the predictable one of before
+    assert as_nobody(lambda: os.mkdir(os.path.join(shared_tmp, f"ecrkit-{os.geteuid()}"), 0o777)) == "ok"
+    written = _plant_staging_trap(as_nobody, monkeypatch, [
+        os.path.join(shared_tmp, f"ecrkit-{os.geteuid()}", f".ecrkit-containerd-{name}"), os.path.join(shared_tmp, f".ecrkit-containerd-{name}")], cron)
+    endpoint.reset_stats()
+    try:
+        with pytest.raises(hostfs.UntrustedPathError, match=f"ecrkit-{os.geteuid()}, where the staging area of containerd pulls is "
+                                                            "kept, belongs to uid 65534"):
+            run(endpoint, into_containerd(endpoint, private_containerd, "one", ""))
+    finally:
+        assert written == [] and os.listdir(cron) == []  # (on 008009b: the layers, written as root)
+    assert endpoint.stats()["blob_requests"] == 0
+
+
+def test_containerd_staging_is_private_to_the_user(seeded, private_containerd, shared_tmp, as_nobody, monkeypatch):
+    endpoint, images = seeded
+    monkeypatch.setenv("TMPDIR", shared_tmp)
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed after the download")
+
+    monkeypatch.setattr(containerd.Containerd, "ingest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(endpoint, into_containerd(endpoint, private_containerd, "one", ""))
+    monkeypatch.undo()
+    monkeypatch.setenv("TMPDIR", shared_tmp)
+    base = os.path.join(shared_tmp, f"ecrkit-{os.geteuid()}")
+    staging = os.path.join(base, ".ecrkit-containerd-" + images["one"].digest.replace(":", "-"))
+    assert os.stat(base).st_mode & 0o777 == 0o700 and os.stat(staging).st_mode & 0o777 == 0o700
+    assert os.listdir(os.path.join(staging, "blobs", "sha256"))  # the downloaded layers wait there for the next run
+    assert as_nobody(lambda: os.listdir(staging)).startswith("PermissionError")
+    assert run(endpoint, into_containerd(endpoint, private_containerd, "one", ""))["changed"]
+    assert not os.path.exists(staging)
+
+
+def test_an_archive_staging_layout_prepared_by_another_user_is_refused(seeded, shared_tmp, tmp_path, as_nobody, monkeypatch):
+    endpoint, dummy = seeded
+    cron = tmp_path / "cron.d"
+    cron.mkdir()
+    written = _plant_staging_trap(as_nobody, monkeypatch, [os.path.join(shared_tmp, ".app.tar.ecrkit-staging")], cron)
+    endpoint.reset_stats()
+    try:
+        with pytest.raises(hostfs.UntrustedPathError, match="ecrkit-staging .*belongs to uid 65534 in the shared directory"):
+            run(endpoint, options(endpoint, "one", os.path.join(shared_tmp, "app.tar"), dest_format="oci-archive"))
+    finally:
+        assert written == [] and os.listdir(cron) == []  # (on 008009b: the layers, written as root)
+    assert endpoint.stats()["blob_requests"] == 0
+
+
+def test_an_archive_lock_another_user_holds_or_made_a_fifo_fails_at_once(seeded, shared_tmp, as_nobody):
+    endpoint, dummy = seeded
+    assert as_nobody(lambda: os.mkfifo(os.path.join(shared_tmp, ".fifo.tar.ecrkit-lock"))) == "ok"
+    fifo_options = options(endpoint, "one", os.path.join(shared_tmp, "fifo.tar"), dest_format="oci-archive")
+    outcome = _run_with_deadline(lambda: run(endpoint, fifo_options))
+    assert isinstance(outcome, hostfs.UntrustedPathError) and "is not a regular file" in str(outcome)
+    lock = os.path.join(shared_tmp, ".held.tar.ecrkit-lock")
+    system_python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")  # one another user can run
+    holder = subprocess.Popen([system_python, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)", lock],
+                              stdout=subprocess.PIPE, user=65534, group=65534, extra_groups=[])
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        held_options = options(endpoint, "one", os.path.join(shared_tmp, "held.tar"), dest_format="oci-archive")
+        outcome = _run_with_deadline(lambda: run(endpoint, held_options))
+        assert isinstance(outcome, hostfs.UntrustedPathError) and "belongs to uid 65534" in str(outcome)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_empty_layout_directory_made_by_another_user_is_refused_before_any_call(seeded, shared_tmp, as_nobody):
+    endpoint, dummy = seeded
+    dest = os.path.join(shared_tmp, "images")
+    assert as_nobody(lambda: os.mkdir(dest, 0o755)) == "ok"
+    endpoint.reset_stats()
+    with pytest.raises(hostfs.UntrustedPathError, match="belongs to uid 65534"):
+        run(endpoint, options(endpoint, "one", dest))
+    assert endpoint.stats()["api_calls_total"] == 0 and os.listdir(dest) == []
+
+
+def test_an_image_of_a_thousand_layers_is_pulled_with_few_open_files(ecr_endpoint, tmp_path):
+    """Each blob's files (partial, journal, claim) are open only while a worker is on it: 1,000 layers
+    pull under a limit of 128 open files, where holding three per blob needed over 3,000."""
+    image = sample_images.build_random_image(str(tmp_path / "source"), "many", count=1000, size=64, seed="many",
+                                             compress=False)
+    sample_images.push_image(ecr_endpoint.client(), image, "team/app", create_repository=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+    try:
+        result = run(ecr_endpoint, options(ecr_endpoint, "many", tmp_path / "dest"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result["changed"] and len(result["layers"]) == 1001
+    assert {layer["action"] for layer in result["layers"]} == {"downloaded"}
+    store = layout.OciLayout(str(tmp_path / "dest"))
+    assert all(store.has_blob(layer["digest"], layer["size"], verify=True) for layer in result["layers"])

@@ -585,3 +585,122 @@ def test_containerd_blob_that_does_not_hash_is_never_accepted(in_containerd):
         from_containerd(endpoint, daemon, names["one"], "one")
     available = endpoint.client().batch_check_layer_availability(repositoryName="team/copy", layerDigests=[layer.digest])
     assert available["layers"][0]["layerAvailability"] == "UNAVAILABLE"
+
+
+# -- a source changed under the push (another local user owns the layout) -----------------------------
+
+
+def _owned_by_nobody(root):
+    for directory, dummy, files in os.walk(root):
+        os.chown(directory, 65534, 65534)
+        for name in files:
+            os.chown(os.path.join(directory, name), 65534, 65534)
+
+
+def _push_after(monkeypatch, trap):
+    """Run ``trap`` once the blobs to upload have been checked, just before the first is read."""
+    real = push._upload  # pylint: disable=protected-access
+
+    def trapped(*args, **kwargs):
+        trap()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(push, "_upload", trapped)
+
+
+def _parts_sent(monkeypatch):
+    sent = []
+    real = ecr.EcrRepository.upload_layer_part
+
+    def spy(self, upload_id, first, last, data, **kwargs):
+        sent.append(bytes(data))
+        return real(self, upload_id, first, last, data, **kwargs)
+
+    monkeypatch.setattr(ecr.EcrRepository, "upload_layer_part", spy)
+    return sent
+
+
+@pytest.mark.parametrize("swapped", ["blob", "directory"])
+def test_a_blob_swapped_for_a_link_after_its_check_sends_nothing_of_the_target(
+        ecr_endpoint, built, tmp_path, monkeypatch, as_nobody, swapped):
+    """The layout's owner (uid 65534) re-points a verified layer, or the directory holding it, at a file only
+    root can read: the push fails naming the blob and ECR never receives a byte of that file."""
+    source, image = built
+    layer = image.layers[1]
+    marker = b"ROOT-ONLY-SECRET"
+    secret_dir = tmp_path / "private"
+    secret_dir.mkdir(mode=0o700)
+    name = layer.digest.split(":", 1)[1]
+    secret = secret_dir / name
+    for blob in list(image.layers) + [image.manifests[0].config]:
+        # root-only files named and sized as the blobs: a push through a link would send them whole
+        planted = secret_dir / blob.digest.split(":", 1)[1]
+        planted.write_bytes((marker + os.urandom(blob.size))[:blob.size])
+        os.chmod(str(planted), 0o600)
+    _owned_by_nobody(source)
+    blobs = os.open(os.path.join(source, "blobs"), os.O_RDONLY | os.O_DIRECTORY)
+    sha256 = os.open(os.path.join(source, "blobs", "sha256"), os.O_RDONLY | os.O_DIRECTORY)
+
+    def trap():
+        if swapped == "blob":
+            os.unlink(name, dir_fd=sha256)
+            os.symlink(str(secret), name, dir_fd=sha256)
+        else:
+            os.rename("sha256", "old", src_dir_fd=blobs, dst_dir_fd=blobs)
+            os.symlink(str(secret_dir), "sha256", dir_fd=blobs)
+
+    reports = []
+    _push_after(monkeypatch, lambda: reports.append(as_nobody(trap)))
+    sent = _parts_sent(monkeypatch)
+    try:
+        with pytest.raises(push.EcrkitError) as caught:
+            run(ecr_endpoint, source)
+    finally:
+        os.close(blobs)
+        os.close(sha256)
+    assert reports == ["ok"]
+    assert not any(marker in part for part in sent)
+    assert caught.value.code == "source_changed"
+    # the directory swap strikes whichever blob is read first
+    named = layer.digest if swapped == "blob" else next(digest for digest in [blob.digest for blob in image.layers] + [image.config_digest]
+                                                        if digest in str(caught.value))
+    assert str(caught.value).startswith(f"The blob {named} at {image.blob_path(named)} changed during the push")
+    assert ecr_endpoint.api_calls("PutImage") == 0
+
+
+def test_a_fifo_swapped_in_for_a_blob_fails_without_hanging(ecr_endpoint, built, monkeypatch, as_nobody):
+    source, image = built
+    layer = image.layers[0]
+    path = image.blob_path(layer.digest)
+    _owned_by_nobody(source)
+    sha256 = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+
+    def trap():
+        os.unlink(os.path.basename(path), dir_fd=sha256)
+        os.mkfifo(os.path.basename(path), dir_fd=sha256)
+
+    reports = []
+    _push_after(monkeypatch, lambda: reports.append(as_nobody(trap)))
+    outcome = []
+
+    def attempt():
+        try:
+            run(ecr_endpoint, source)
+        except BaseException as exc:  # pylint: disable=broad-except
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(60)
+    hung = worker.is_alive()
+    if hung:  # let the blocked open() return: a writer that leaves at once
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        worker.join(30)
+    os.close(sha256)
+    assert not hung, "the push hung opening a FIFO in its source"
+    assert reports == ["ok"]
+    assert len(outcome) == 1 and getattr(outcome[0], "code", None) == "source_changed", outcome
+    assert layer.digest in str(outcome[0])

@@ -5,12 +5,15 @@ local ECR endpoint through boto3, and a killed subprocess for resume."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import http.server
 import os
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -34,7 +37,7 @@ if EMULATOR_DIR not in sys.path:
 
 # pylint: disable=wrong-import-position,unused-import,wrong-import-order
 import sample_images  # noqa: E402
-from fixture import ecr_endpoint, run_emulator  # noqa: E402,F401
+from fixture import ecr_endpoint, make_self_signed_cert, run_emulator  # noqa: E402,F401
 
 # pylint: disable=redefined-outer-name
 
@@ -345,6 +348,151 @@ def test_redirects_are_followed(blob_server, tmp_path):
         result, = download_blobs(workers, [job_for(blob, tmp_path)], chunk_size=CHUNK)
     assert read(result.path) == blob.data
     assert any(entry["path"].startswith("/moved/") for entry in blob_server.requests(blob))
+
+
+class Hop:
+    """A one-purpose HTTP(S) server on ``host``: every GET is answered by ``answer(path)`` -> (status,
+    headers, body); ``seen`` holds each request's path and headers (names in lower case)."""
+
+    def __init__(self, answer, host="127.0.0.1", tls=None):
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # pylint: disable=arguments-differ
+                pass
+
+            def do_GET(self):  # pylint: disable=invalid-name
+                seen.append((self.path, {name.lower(): value for name, value in self.headers.items()}))
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # clients that refuse the certificate hang up
+
+        self.server = Server((host, 0), Handler)
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.host = host
+        self.port = self.server.server_address[1]
+        self.scheme = "https" if tls else "http"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def url(self, path, host=None):
+        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and localhost, and its key."""
+    return make_self_signed_cert(str(tmp_path_factory.mktemp("tls")))
+
+
+def redirect_to(location):
+    return lambda path: (302, {"Location": location}, b"")
+
+
+def test_a_redirect_from_https_to_http_is_refused_before_any_plain_request(blob_server, tmp_path, tls_files):
+    blob = blob_server.add(blob_bytes(CHUNK))
+    hop = Hop(redirect_to(blob.url()), tls=tls_files)
+    job = BlobJob(blob.digest, blob.size, str(tmp_path / "p"), lambda refresh: hop.url(f"/start?X-Amz-Signature={SECRET}"))
+    try:
+        with pool(verify=tls_files[0]) as workers, pytest.raises(TransferError) as exc_info:
+            download_blobs(workers, [job], chunk_size=CHUNK)
+    finally:
+        hop.close()
+    assert exc_info.value.code == "redirect_refused"
+    assert str(exc_info.value).startswith("The blob storage redirected an https download to plain http")
+    assert hop.seen and not blob_server.requests()  # refused before connecting: nothing went out in the clear
+    assert str(blob_server.port) not in str(exc_info.value)
+    assert_clean_error(exc_info)
+
+
+def test_a_redirect_to_another_host_carries_no_credentials():
+    target = Hop(lambda path: (200, {}, b"data"))
+    start = Hop(redirect_to(target.url(f"/there?X-Amz-Signature={SECRET}", host="localhost")))
+    sent = {"Range": "bytes=0-3", "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAFAKE", "Cookie": "session=1",
+            "Proxy-Authorization": "Basic dXNlcjpwYXNz", "X-Amz-Security-Token": "token"}
+    client = transfer.HttpClient()
+    try:
+        response = client.get(start.url("/start"), sent)
+        body = bytearray(16)
+        assert response.status == 200 and body[:response.readinto(memoryview(body))] == b"data"
+        response.close()
+    finally:
+        client.close()
+        start.close()
+        target.close()
+    assert start.seen[0][1]["authorization"] == sent["Authorization"]  # the origin asked for gets what it was given
+    (path, headers), = target.seen
+    assert path == f"/there?X-Amz-Signature={SECRET}" and headers["host"] == f"localhost:{target.port}"
+    assert headers["range"] == "bytes=0-3"
+    assert not {"authorization", "cookie", "proxy-authorization", "x-amz-security-token"} & set(headers)
+
+
+def test_a_redirect_to_another_host_is_followed_for_a_download(blob_server, tmp_path):
+    blob = blob_server.add(blob_bytes(3 * CHUNK))
+    hop = Hop(lambda path: (307, {"Location": blob.url().replace("127.0.0.1", "localhost")}, b""))
+    job = BlobJob(blob.digest, blob.size, str(tmp_path / "p"), lambda refresh: hop.url(f"/start?X-Amz-Signature={SECRET}"))
+    try:
+        with pool() as workers:
+            result, = download_blobs(workers, [job], chunk_size=CHUNK)
+    finally:
+        hop.close()
+    assert read(result.path) == blob.data
+    assert len(hop.seen) == len(blob_server.requests(blob)) == 3  # one redirect per range, every range served
+    assert all(entry["range"] for entry in blob_server.requests(blob))
+
+
+@pytest.mark.parametrize("chain", ["loop", "tls_mismatch", "refused", "not_http", "unparsable", "not_ascii"])
+def test_a_failing_redirect_chain_names_no_url(tmp_path, tls_files, chain):
+    """Wherever a redirect leads, the error names the blob and the host asked first, nothing of the target."""
+    other = "127.0.0.2"  # loopback too, but another host: it must not show
+    with socket.socket() as unused:
+        unused.bind((other, 0))
+        closed_port = unused.getsockname()[1]
+    query = f"?X-Amz-Signature={SECRET}&X-Amz-Credential=AKIAFAKE"
+    target = None
+    if chain == "tls_mismatch":  # the certificate is for 127.0.0.1 and localhost, not 127.0.0.2
+        target = Hop(lambda path: (200, {}, b"x" * 10), host=other, tls=tls_files)
+        location = target.url("/target-path" + query)
+    else:
+        location = {"loop": "/hop-back" + query,  # more than 5 redirects
+                    "refused": f"https://{other}:{closed_port}/target-path" + query,
+                    "not_http": "file:///etc/passwd" + query,
+                    "unparsable": f"https://[{other}/target-path" + query,
+                    "not_ascii": f"/target-path-\u00e9-{other}" + query}[chain]
+    start = Hop(redirect_to(location), tls=tls_files)
+    job = BlobJob("sha256:" + "1" * 64, 10, str(tmp_path / "p"), lambda refresh: start.url("/start" + query))
+    try:
+        with pool(verify=tls_files[0]) as workers, pytest.raises(TransferError) as exc_info:
+            download_blobs(workers, [job])
+    finally:
+        start.close()
+        if target is not None:
+            target.close()
+    text = str(exc_info.value)
+    assert "sha256:" + "1" * 64 in text or exc_info.value.code == "redirect_refused"
+    for shown in (other, "://", "target-path", "hop-back", "passwd", str(closed_port), "AKIAFAKE"):
+        assert shown not in text
+    assert_clean_error(exc_info)
 
 
 def test_an_expired_url_is_refreshed_once_for_all_ranges(blob_server, tmp_path):
@@ -1016,17 +1164,115 @@ def test_iter_parts_reads_one_part_at_a_time(tmp_path):
         list(iter_parts(str(tmp_path / "missing"), parts))
 
 
+def _parts_in_thread(*args, **kwargs):
+    """list(iter_parts(...)) with a bound: (result or exception, whether it was still blocked after 30 s)."""
+    outcome = []
+
+    def read_all():
+        try:
+            outcome.append(list(iter_parts(*args, **kwargs)))
+        except BaseException as exc:  # pylint: disable=broad-except
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    reader.join(30)
+    return (outcome or [None])[0], reader.is_alive()
+
+
+def test_iter_parts_refuses_a_fifo_without_blocking(tmp_path):
+    fifo = str(tmp_path / "blob")
+    os.mkfifo(fifo)
+    outcome, blocked = _parts_in_thread(fifo, [(0, 9)])
+    if blocked:  # let the blocked open() return: a writer that leaves at once
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not blocked, "opening a FIFO to upload blocked"
+    assert isinstance(outcome, StorageError) and "is not a regular file" in str(outcome)
+
+
+@pytest.mark.parametrize("swap", ["link", "other_file", "resized", "directory_link", "fifo"])
+def test_iter_parts_reads_only_the_file_that_was_verified(tmp_path, swap):
+    root = tmp_path / "layout"
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    path = root / "blobs" / "sha256" / "ab"
+    path.write_bytes(b"verified bytes")
+    fd, info = transfer.open_source_file("blobs/sha256/ab", str(root))
+    os.close(fd)
+    identity = transfer.file_identity(info)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"secret, other bytes")
+    if swap == "link":
+        path.unlink()
+        path.symlink_to(secret)
+    elif swap == "other_file":
+        os.replace(str(secret), str(path))
+    elif swap == "resized":
+        with open(path, "ab") as handle:
+            handle.write(b" and more")
+    elif swap == "directory_link":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "ab").write_bytes(b"secret, other bytes")
+        os.rename(str(root / "blobs" / "sha256"), str(root / "blobs" / "old"))
+        (root / "blobs" / "sha256").symlink_to(elsewhere)
+    else:
+        path.unlink()
+        os.mkfifo(str(path))
+    outcome, blocked = _parts_in_thread("blobs/sha256/ab", [(0, 13)], root=str(root), identity=identity,
+                                        digest="sha256:" + "ab" * 32)
+    if blocked:
+        os.close(os.open(str(path), os.O_WRONLY | os.O_NONBLOCK))
+    assert not blocked
+    assert isinstance(outcome, transfer.SourceChangedError), outcome
+    assert str(outcome) == (f"The blob sha256:{'ab' * 32} at {path} changed during the push (it is no longer the regular "
+                            "file that was verified), so it was not read; find out what replaced it, then run again.")
+    if swap == "resized":  # back to what was verified: read as usual
+        with open(path, "r+b") as handle:
+            handle.truncate(14)
+        assert list(iter_parts("blobs/sha256/ab", [(0, 13)], root=str(root), identity=identity)) == [(0, 13, b"verified bytes")]
+
+
 @pytest.mark.parametrize("planted", ["partial", "journal"])
-def test_a_symlink_planted_at_the_partial_or_journal_is_not_followed(blob_server, tmp_path, planted):
-    """The files are opened with O_NOFOLLOW: a link raced in after the layout's claim check is an error,
-    and its target is never written."""
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_link_planted_at_the_partial_or_journal_is_not_written_through(blob_server, tmp_path, planted, link):
+    """A symbolic link raced in after the layout's claim check is refused by O_NOFOLLOW; another name
+    of a precious file (a hard link, where protected_hardlinks is off) by checking the descriptor itself
+    (one name, regular, ours) before any write. Either way the target is neither truncated nor written."""
     data = os.urandom(3 * MIB)
     blob = blob_server.add(data)
     path = str(tmp_path / "blob.partial")
-    target = tmp_path / "elsewhere"
-    target.write_bytes(b"untouched")
-    os.symlink(str(target), path if planted == "partial" else transfer.journal_path(path))
+    target = tmp_path / "shadow"
+    target.write_bytes(b"root:secret\n")
+    (os.symlink if link == "symbolic" else os.link)(str(target), path if planted == "partial" else transfer.journal_path(path))
     with TransferPool(2) as pool:
-        with pytest.raises(EcrkitError):
+        with pytest.raises(EcrkitError, match="is a symbolic link" if link == "symbolic" else "has other names"):
             download_blobs(pool, [BlobJob(blob.digest, len(data), path, blob.get_url)], chunk_size=MIB)
-    assert target.read_bytes() == b"untouched"
+    assert target.read_bytes() == b"root:secret\n"
+
+
+def test_files_are_opened_only_while_a_worker_is_on_their_blob(blob_server, tmp_path):
+    """With 2 connections, no more than 2 blobs are claimed and open at once, however many there are."""
+    blobs = [blob_server.add(os.urandom(1000 + number)) for number in range(40)]
+    open_now = []
+    most = []
+    lock = threading.Lock()
+
+    def claim_of(blob):
+        @contextlib.contextmanager
+        def claim():
+            with lock:
+                open_now.append(blob.digest)
+                most.append(len(open_now))
+            try:
+                yield True
+            finally:
+                with lock:
+                    open_now.remove(blob.digest)
+        return claim
+
+    jobs = [BlobJob(blob.digest, blob.size, str(tmp_path / f"{number}.partial"), blob.get_url, claim=claim_of(blob))
+            for number, blob in enumerate(blobs)]
+    with TransferPool(2) as pool:
+        results = download_blobs(pool, jobs, chunk_size=MIB)
+    assert [result.digest for result in results] == [blob.digest for blob in blobs]
+    assert max(most) <= 2 and not open_now
