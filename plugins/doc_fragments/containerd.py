@@ -12,13 +12,14 @@ options:
     description:
       - For the C(containerd) format, the containerd namespace of the image. Kubernetes uses V(k8s.io).
       - The namespace must exist, except V(default) for a pull, which containerd creates on first use.
+      - The default is V(default). Given with another format, it does nothing and the task warns.
     type: str
-    default: default
   containerd_address:
     description:
       - For the C(containerd) format, the path of containerd's socket.
+      - The default is V(/run/containerd/containerd.sock). Given with another format, it does nothing and the
+        task warns.
     type: path
-    default: /run/containerd/containerd.sock
   containerd_ctr_path:
     description:
       - For the C(containerd) format, the absolute path of containerd's C(ctr) client.
@@ -28,6 +29,7 @@ options:
       - C(ctr) must be a regular file owned by root (or the user the task runs as) and writable by no one else,
         and so must every directory on its way, symbolic links followed (a sticky directory such as V(/tmp)
         only for entries owned by root or that user); otherwise the task fails.
+      - Given with another format, it does nothing and the task warns.
     type: str
 notes:
   - For the C(containerd) format, the task needs the C(ctr) client (shipped with containerd) and access to

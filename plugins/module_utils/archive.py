@@ -75,7 +75,9 @@ from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
     MAX_SMALL_BLOB,
     OCI_INDEX_MEDIA_TYPE,
     OCI_LAYOUT_VERSION,
+    IMAGE_NAME_ANNOTATION,
     REF_NAME_ANNOTATION,
+    RESOLVED_ANNOTATION,
     BlobMismatchError,
     BlobNotFoundError,
     LayoutError,
@@ -99,7 +101,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_MEDIA_TYPES = (OCI_INDEX_MEDIA_TYPE, DOCKER_MANIFEST_LIST)
-CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
+CONTAINERD_NAME_ANNOTATION = IMAGE_NAME_ANNOTATION
 
 MAX_INDEX_DEPTH = 4
 """An index inside an index inside ... deeper than this is refused."""
@@ -475,11 +477,12 @@ def _oci_layout_bytes() -> bytes:
     return _json_bytes({"imageLayoutVersion": OCI_LAYOUT_VERSION})
 
 
-def write_oci_archive(layout: OciLayout, tag: str, dest_path: str, fsync: bool = True, file_mode: int | None = None) -> dict[str, Any]:
+def write_oci_archive(layout: OciLayout, tag: str, dest_path: str, fsync: bool = True, file_mode: int | None = None,
+                      ref_name: str | None = None) -> dict[str, Any]:
     """Write the image tagged ``tag`` in ``layout`` as an oci-archive at ``dest_path``.
 
     The archive holds that image's blobs only and an ``index.json`` with one entry: the tagged
-    descriptor, whose ref.name is ``tag``. Returns ``{"descriptor": <that entry>, "size": <archive
+    descriptor (its other annotations kept), whose ref.name is ``ref_name`` (default ``tag``). Returns ``{"descriptor": <that entry>, "size": <archive
     bytes>}``. Raises BlobNotFoundError when a blob is missing, BlobMismatchError when one does not
     match its digest (the destination is then left as it was), ArchiveError for the destination.
     ``file_mode`` (permission bits) is given to the archive before it appears; without it, an archive that
@@ -489,7 +492,7 @@ def write_oci_archive(layout: OciLayout, tag: str, dest_path: str, fsync: bool =
     top = _tagged(layout, tag)
     blobs = image_blobs(layout, top, f"the OCI layout {layout.root}")
     entry = copy.deepcopy(top)
-    entry["annotations"] = dict(entry.get("annotations") or {}, **{REF_NAME_ANNOTATION: tag})
+    entry["annotations"] = dict(entry.get("annotations") or {}, **{REF_NAME_ANNOTATION: ref_name or tag})
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": [entry]}
     size = _write_tar(dest_path, layout, blobs, {"index.json": _json_bytes(index), "oci-layout": _oci_layout_bytes()}, fsync, file_mode)
     return {"descriptor": entry, "size": size}
@@ -546,6 +549,8 @@ def write_docker_archive(layout: OciLayout, tag: str, dest_path: str, repo_tags:
     for repo_tag in tags:
         entry = copy.deepcopy(plain)
         entry["annotations"] = {CONTAINERD_NAME_ANNOTATION: _containerd_name(repo_tag), REF_NAME_ANNOTATION: repo_tag.rpartition(":")[2]}
+        if RESOLVED_ANNOTATION in (top.get("annotations") or {}):
+            entry["annotations"][RESOLVED_ANNOTATION] = top["annotations"][RESOLVED_ANNOTATION]
         entries.append(entry)
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": entries or [plain]}
     files = {"index.json": _json_bytes(index), "manifest.json": _json_bytes(docker_manifest), "oci-layout": _oci_layout_bytes()}
@@ -1308,4 +1313,5 @@ def _docker_summary(archive: DockerArchive) -> dict[str, Any]:
 
 
 def _summary_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"tag": ref_name(entry), "digest": entry["digest"], "mediaType": entry["mediaType"], "size": entry["size"]}
+    return {"tag": ref_name(entry), "digest": entry["digest"], "mediaType": entry["mediaType"], "size": entry["size"],
+            "annotations": dict(entry.get("annotations") or {})}

@@ -47,11 +47,11 @@ from typing import IO, ContextManager, Dict, Iterator, List, Optional, Sequence,
 
 from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import IMAGE_NAME_ANNOTATION
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"
 STAGING_REPOSITORY = "ecrkit.invalid/staging"
-IMAGE_NAME_ANNOTATION = "io.containerd.image.name"
 CONNECT_TIMEOUT = "10s"
 COMMAND_TIMEOUT = 3600.0  # seconds; an ingest of a large layer from local disk
 _STDERR_LIMIT = 2000
@@ -323,6 +323,16 @@ class Containerd:
         return True
 
 
+def ignored_options_warnings(format_option: str, format_value: str, **given: object) -> List[str]:
+    """A warning naming the containerd options that were given (not None) although ``format_option`` is
+    not containerd, so they do nothing; none when the format is containerd or none was given."""
+    named = [name for name, value in given.items() if value is not None]
+    if format_value == "containerd" or not named:
+        return []
+    return [f"{', '.join(named)} {'applies' if len(named) == 1 else 'apply'} only to {format_option} containerd and "
+            f"{'was' if len(named) == 1 else 'were'} ignored ({format_option} is {format_value})."]
+
+
 def connect(address: str, namespace: str, must_exist: bool, executable: Optional[str] = None) -> Containerd:
     """Check that containerd can be used at ``address`` and that ``namespace`` exists (unless
     ``must_exist`` is false and it is containerd's ``default``, which containerd creates on first use).
@@ -332,13 +342,17 @@ def connect(address: str, namespace: str, must_exist: bool, executable: Optional
     checked("namespace", namespace, "containerd namespace", UnknownNamespaceError)
     found = find_ctr(executable)
     try:
-        os.stat(address)
+        kind = os.stat(address).st_mode
     except PermissionError:  # a directory on the way is closed to this user
         raise SocketPermissionError(f"Permission denied on the way to the containerd socket {address}; run the task as "
                                     "root (become: true) or as a user allowed to use that socket.") from None
     except OSError:
         raise SocketMissingError(f"There is no containerd socket at {address}; start containerd, or set "
                                  "containerd_address to the socket it listens on.") from None
+    if not stat.S_ISSOCK(kind):  # ctr would only say it cannot dial, as if the daemon were down
+        what = "a directory" if stat.S_ISDIR(kind) else "a regular file" if stat.S_ISREG(kind) else "a device or FIFO"
+        raise SocketMissingError(f"containerd_address {address} is {what}, not containerd's socket; set it to the socket "
+                                 f"containerd listens on, such as {DEFAULT_ADDRESS}.")
     if not os.access(address, os.R_OK | os.W_OK):
         raise SocketPermissionError(f"Permission denied on the containerd socket {address}; run the task as root "
                                     "(become: true) or as a user allowed to use that socket.")

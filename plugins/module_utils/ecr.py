@@ -173,11 +173,12 @@ class EcrRepository:
     """The ECR API calls on one repository, with retries, counting and error translation."""
 
     def __init__(self, client: Any, ref: ImageRef, retry: RetryPolicy | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self.ref = ref
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._clock = clock  # how long a failed call kept trying, for its message
         self._lock = threading.Lock()
         self.api_calls = 0
         self.retries = 0
@@ -211,6 +212,7 @@ class EcrRepository:
         """
         method = getattr(self._client, operation)
         attempt = 0
+        started = self._clock()
         while True:
             self._count(retry=attempt > 0)
             try:
@@ -221,27 +223,29 @@ class EcrRepository:
                 attempt += 1
                 if attempt >= self.retry.attempts:
                     raise EndpointError(f"ECR answered {_api_name(operation)} without {', '.join(missing)} {attempt} times "
-                                        "(a truncated answer?); check the network path to the ECR API and try again.")
+                                        f"over {_seconds(self._clock() - started)} (a truncated answer?); check the network "
+                                        "path to the ECR API and try again.")
                 self._sleep(self.retry.delay(attempt - 1))
             except (ClientError, BotoConnectionError, HTTPClientError) as exc:
                 attempt += 1
                 if not _is_transient(exc) or attempt >= self.retry.attempts:
-                    raise self.translate(operation, exc, retries=attempt - 1) from None
+                    raise self.translate(operation, exc, retries=attempt - 1, elapsed=self._clock() - started) from None
                 self._sleep(self.retry.delay(attempt - 1))
             except (NoCredentialsError, PartialCredentialsError) as exc:
                 raise self.translate(operation, exc) from None
             except BotoCoreError as exc:
                 raise self.translate(operation, exc) from None
 
-    def translate(self, operation: str, exc: BaseException, retries: int = 0) -> EcrApiError:
-        """One sentence for the operator about a failed call; never the exception's repr."""
-        error = self._translate(operation, exc, retries)
+    def translate(self, operation: str, exc: BaseException, retries: int = 0, elapsed: float = 0.0) -> EcrApiError:
+        """One sentence for the operator about a failed call; never the exception's repr. ``retries`` and
+        ``elapsed`` (seconds since the first attempt) say how hard the call was tried."""
+        error = self._translate(operation, exc, retries, elapsed)
         error.aws_code = error_code(exc)
         if isinstance(exc, ClientError) and isinstance(exc.response.get("lastValidByteReceived"), int):
             error.last_valid_byte = exc.response["lastValidByteReceived"]
         return error
 
-    def _translate(self, operation: str, exc: BaseException, retries: int) -> EcrApiError:
+    def _translate(self, operation: str, exc: BaseException, retries: int, elapsed: float) -> EcrApiError:
         code = error_code(exc)
         detail = _error_message(exc)
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
@@ -267,8 +271,12 @@ class EcrRepository:
                 "API (proxy, endpoint_url) and try again.")
         if code in RETRYABLE_CODES:
             return EcrApiError(
-                f"ECR kept answering {_api_name(operation)} with {code} after {retries} retries; try again later "
-                "or raise the retry limit.")
+                f"ECR kept answering {_api_name(operation)} with {code} after {retries} retries ({_attempts(retries + 1)} "
+                f"over {_seconds(elapsed)}); try again later or raise max_attempts.")
+        if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # tried max_attempts times: say so
+            return EndpointError(
+                f"Could not reach the ECR API for {_api_name(operation)}: it did not answer after {_attempts(retries + 1)} "
+                f"over {_seconds(elapsed)} ({detail}); check the network, proxy, region and endpoint_url.")
         if not isinstance(exc, ClientError):
             return EndpointError(
                 f"Could not reach the ECR API for {_api_name(operation)} ({detail}); check the network, proxy "
@@ -446,6 +454,15 @@ class EcrRepository:
 def _api_name(operation: str) -> str:
     """``batch_get_image`` -> ``BatchGetImage`` (as IAM actions and the API reference spell it)."""
     return "".join(word.capitalize() for word in operation.split("_"))
+
+
+def _attempts(count: int) -> str:
+    return "1 attempt" if count == 1 else f"{count} attempts"
+
+
+def _seconds(elapsed: float) -> str:
+    """A duration for a message: whole seconds from 10 s up, tenths below."""
+    return f"{elapsed:.0f} s" if elapsed >= 10 else f"{max(elapsed, 0.0):.1f} s"
 
 
 def _describe_image_id(image_id: dict[str, str]) -> str:

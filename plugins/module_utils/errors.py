@@ -234,7 +234,10 @@ def storage_error(exc: OSError, doing: str, path: str) -> StorageError:
             f"No space left on the device (or quota exhausted) for {path} while {doing}; free space there or "
             "choose another destination, then run again (completed downloads are kept and resume).", path)
     if exc.errno in _DENIED_ERRNOS:
+        # what the errno means leads the sentence, once (not again as "(Permission denied)" after it)
+        denied = {errno.EACCES: "Permission denied", errno.EPERM: "Operation not permitted"}.get(
+            exc.errno, "A read-only file system")
         return NotWritableError(
-            f"Permission denied for {path} while {doing} ({reason}); make it writable by the user the task runs "
+            f"{denied} for {path} while {doing}; make it writable by the user the task runs "
             "as (become, owner, mode, a read-only mount) or choose another destination.", path)
     return StorageError(f"Failed while {doing} {path}: {reason}; check that the path exists and is usable.", path)

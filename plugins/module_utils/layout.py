@@ -27,6 +27,8 @@ blob. The dot-directory sits beside ``oci-layout`` as umoci's own ``.umoci-*`` d
 skopeo, umoci and containerd ignore it. It holds:
 
 - ``.ecrkit/lock``: the lock file of ``index.json`` updates;
+- ``.ecrkit/writers``: locked shared by every run writing into the layout, exclusively by a prune
+  (:meth:`OciLayout.begin_writing`, :meth:`OciLayout.prune`);
 - ``.ecrkit/partial/<hex>``: a download in progress (:meth:`OciLayout.partial_path`), on the same
   filesystem as ``blobs/`` so that the commit is a rename; ``<hex>.journal`` is the transfer engine's
   resume record and ``<hex>.lock`` the lock that :meth:`OciLayout.claim_partial` holds so that two
@@ -60,7 +62,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
+from ansible_collections.ecrkit.images.plugins.module_utils import hostfs, manifest
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, NotWritableError, storage_error
 
 OCI_LAYOUT_FILE = "oci-layout"
@@ -69,6 +71,7 @@ BLOBS_DIR = "blobs"
 PRIVATE_DIR = ".ecrkit"
 PARTIAL_DIR = PRIVATE_DIR + "/partial"
 LOCK_FILE = PRIVATE_DIR + "/lock"
+WRITERS_FILE = PRIVATE_DIR + "/writers"  # shared flock of every run writing blobs, exclusive for a prune
 VERIFIED_DIR = PRIVATE_DIR + "/verified"  # one stamp per blob hashed: inode, size, mtime, ctime when it matched
 JOURNAL_SUFFIX = ".journal"
 CLAIM_SUFFIX = ".lock"
@@ -77,6 +80,11 @@ TEMP_PREFIX = "tmp-"
 OCI_LAYOUT_VERSION = "1.0.0"
 OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+IMAGE_NAME_ANNOTATION = "io.containerd.image.name"
+"""The image's full name (``REGISTRY/REPOSITORY:TAG``), as containerd and Docker write it beside ref.name."""
+RESOLVED_ANNOTATION = "ecrkit.images.resolved.digest"
+"""What the reference resolved to when the entry was pulled (the index of a multi-platform image whose
+platform manifest the entry points at)."""
 
 # Results of OciLayout.blob_status().
 BLOB_PRESENT = "present"
@@ -158,6 +166,11 @@ class PartialBlob:
     path: str
     size: int
     journal: bool
+
+
+def is_digest(value: Any) -> bool:
+    """Whether ``value`` is ``sha256:`` and 64 lowercase hex digits."""
+    return isinstance(value, str) and bool(_DIGEST_RE.fullmatch(value))
 
 
 def digest_hex(digest: Any) -> str:
@@ -307,8 +320,8 @@ def _sha256_fd(fd: int) -> str:
         offset += len(chunk)
 
 
-def _flock(path: str, timeout: float, what: str) -> int:
-    """Open (creating) ``path`` and take an exclusive flock on it; return the fd.
+def _flock(path: str, timeout: float, what: str, shared: bool = False) -> int:
+    """Open (creating) ``path`` and take an exclusive (with ``shared``, a shared) flock on it; return the fd.
 
     ``timeout`` 0 tries once; every wait is bounded. The lock file must be a regular file of this user
     (a link, a FIFO or another user's file planted there is refused, never waited on). The lock file may
@@ -325,7 +338,7 @@ def _flock(path: str, timeout: float, what: str) -> int:
         try:
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
@@ -411,6 +424,7 @@ class OciLayout:
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._lock_fd: int | None = None
+        self._writers_fd: int | None = None
         self._trusted: bool | None = None
         # a new root gets its final mode before anything is written into it (never group/other-writable)
         mode = hostfs.PRIVATE_MODE if private else PUBLIC_DIR_MODE if root_mode is None else root_mode & ~0o022
@@ -997,6 +1011,173 @@ class OciLayout:
             index.setdefault("mediaType", OCI_INDEX_MEDIA_TYPE)
             self._write_file(INDEX_FILE, _index_bytes(index), fsync, f"updating index.json for tag {tag}")
         return copy.deepcopy(previous)
+
+    # writers and pruning ---------------------------------------------------------------------------
+    #
+    # A pull commits blobs before its index.json entry points at them, and decides which blobs the
+    # layout already has before it downloads the rest, so "unreferenced right now" does not make a blob
+    # garbage. Every run of this collection that writes into a layout holds a shared flock on
+    # .ecrkit/writers (begin_writing) from before it looks at what the layout holds until its entry is
+    # stored; prune takes that lock exclusively, so it only runs while no such run is between those
+    # two points, and a run that starts meanwhile waits for the prune (a few file operations).
+
+    def begin_writing(self, timeout: float | None = None) -> None:
+        """Announce a writer of this layout until :meth:`end_writing`; a no-op while already announced.
+
+        Writers do not exclude each other; they exclude :meth:`prune`. A prune in progress is waited
+        for, ``timeout`` seconds at most (default: the layout's ``lock_timeout``), then LockTimeoutError.
+        """
+        if self._writers_fd is not None:
+            return
+        timeout = self.lock_timeout if timeout is None else timeout
+        self._ensure_dir(PRIVATE_DIR)
+        self._writers_fd = _flock(self._path(WRITERS_FILE), timeout, f"the pruning of the OCI layout {self.root}", shared=True)
+
+    def end_writing(self) -> None:
+        """Withdraw what :meth:`begin_writing` announced (once this writer's entries are stored)."""
+        fd, self._writers_fd = self._writers_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def prune(self, check_mode: bool = False, wait: float | None = None, replacing: str | None = None,
+              keep: Iterable[str] = ()) -> PruneResult:
+        """Remove every blob of ``blobs/sha256`` that no entry of ``index.json`` references; say what went.
+
+        Referenced: the blob of each entry, and when it is a manifest its config, layers and subject,
+        when it is an index everything :func:`manifest.walk` reaches from it; a blob that does not parse
+        as a manifest is a leaf. A manifest or index that cannot be read whole (a listed child missing,
+        schema 1, a damaged document) leaves its references unknown, so nothing is removed and
+        :attr:`PruneResult.skipped` says why. Partial downloads, temp files and anything in
+        ``blobs/sha256`` that is not a regular file with a digest's name are never touched; the
+        verification stamps of removed blobs (and stamps left without a blob) go with them.
+
+        Unless ``check_mode``, this waits for the runs writing into the layout to finish (the exclusive
+        writers' lock, ``wait`` seconds at most, default ``lock_timeout``) and works under the index lock;
+        when they do not finish in time, nothing is removed and ``skipped`` says so. This object's own
+        :meth:`begin_writing` ends first. ``check_mode`` removes and locks nothing (so it may count blobs
+        another run has just committed); ``replacing`` (an image name: its ref.name or
+        ``io.containerd.image.name``) and ``keep`` (digests) describe the entry a pull in check mode would
+        store instead of that name's.
+        """
+        self.end_writing()
+        if check_mode:
+            return self._prune_unlocked(True, replacing, frozenset(keep))
+        wait = self.lock_timeout if wait is None else wait
+        self._ensure_dir(PRIVATE_DIR)
+        try:
+            fd = _flock(self._path(WRITERS_FILE), wait, f"the runs writing into the OCI layout {self.root}")
+        except LockTimeoutError:
+            return PruneResult((), f"Nothing was pruned from the OCI layout {self.root}: another run was still writing "
+                               f"into it after {wait:g} s (its new blobs are not referenced yet); run the task again to "
+                               "prune.")
+        try:
+            with self.lock():
+                return self._prune_unlocked(False, replacing, frozenset(keep))
+        finally:
+            os.close(fd)
+
+    def _prune_unlocked(self, check_mode: bool, replacing: str | None, keep: frozenset) -> PruneResult:
+        entries = [entry for entry in self.read_index()["manifests"]
+                   if replacing is None or replacing not in (ref_name(entry), _image_name(entry))]
+        try:
+            referenced = self.referenced_digests(entries) | keep
+        except EcrkitError as exc:
+            return PruneResult((), f"Nothing was pruned from the OCI layout {self.root}, since what it references is not "
+                               f"certain: {exc}")
+        directory = self._path(BLOBS_DIR + "/sha256")
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            names = []
+        except OSError as exc:
+            raise translate_os_error(exc, "listing the blobs to prune", directory) from None
+        removed = []
+        for name in names:
+            path = os.path.join(directory, name)
+            if not _HEX_RE.fullmatch(name) or "sha256:" + name in referenced:
+                continue
+            try:
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # not a blob this collection made: left alone, like any unknown file
+                if not check_mode and not _unlink_quiet(path):
+                    continue
+            except OSError as exc:
+                raise translate_os_error(exc, "pruning a blob", path) from None
+            removed.append(("sha256:" + name, info.st_size))
+        if not check_mode:
+            self._remove_orphan_stamps()
+        return PruneResult(tuple(removed))
+
+    def referenced_digests(self, entries: Iterable[dict[str, Any]]) -> set[str]:
+        """The digests the index entries ``entries`` reference, directly or through manifests and indexes
+        stored here (see :meth:`prune`); an EcrkitError when a document cannot be read whole."""
+        where = self._path(INDEX_FILE)
+
+        def fetch(descriptor: manifest.Descriptor) -> manifest.ManifestDocument:
+            return manifest.parse_referenced(descriptor, self.read_blob(descriptor.digest), descriptor.media_type)
+
+        referenced: set[str] = set()
+        for entry in entries:
+            descriptor = check_descriptor(entry, f"the entry {ref_name(entry) or entry.get('digest')} of {where}")
+            referenced.add(descriptor["digest"])
+            document = self._stored_document(descriptor["mediaType"], descriptor["digest"])
+            steps = manifest.walk(document, fetch) if document is not None else []
+            for step in steps:
+                referenced.add(step.descriptor.digest)
+            for reached in ([document] if document is not None else []) + [step.document for step in steps]:
+                if isinstance(reached, manifest.ImageManifest):
+                    referenced.update(blob.digest for blob in manifest.referenced_blobs(reached))
+                if reached.subject is not None:
+                    referenced.add(reached.subject.digest)
+        return referenced
+
+    def _stored_document(self, media_type: str, digest: str) -> manifest.ManifestDocument | None:
+        """The manifest or index stored as ``digest``; None for a leaf (not stored, or not a manifest).
+
+        A blob whose media type says manifest or index must parse as one, as must anything that says it is
+        schema 1 (whose layers this collection cannot list): otherwise an EcrkitError."""
+        readable = media_type in manifest.MANIFEST_TYPES | manifest.INDEX_TYPES | manifest.SCHEMA1_TYPES
+        if not os.path.lexists(self.blob_path(digest)):
+            return None  # a dangling entry: there is nothing stored below it to keep
+        try:
+            return manifest.parse_manifest(self.read_blob(digest), media_type if readable else None, digest)
+        except manifest.Schema1ManifestError:
+            raise
+        except EcrkitError:
+            if readable:
+                raise
+            return None
+
+    def _remove_orphan_stamps(self) -> None:
+        """Remove the verification stamps whose blob is gone (a stamp is only worth its blob)."""
+        directory = self._path(VERIFIED_DIR)
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return  # none yet; or unreadable, and then left as it is: a stale stamp costs nothing but space
+        for name in names:
+            if _HEX_RE.fullmatch(name) and not os.path.lexists(self.blob_path("sha256:" + name)):
+                with contextlib.suppress(OSError):
+                    _unlink_quiet(os.path.join(directory, name))
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What :meth:`OciLayout.prune` removed (in check mode: would remove), and why it removed nothing."""
+
+    removed: tuple[tuple[str, int], ...]  # (digest, bytes)
+    skipped: str = ""  # why nothing was removed although something might be garbage (a warning), or ""
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(size for dummy, size in self.removed)
+
+
+def _image_name(entry: dict[str, Any]) -> str | None:
+    annotations = entry.get("annotations")
+    name = annotations.get(IMAGE_NAME_ANNOTATION) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _index_bytes(doc: dict[str, Any]) -> bytes:

@@ -73,17 +73,21 @@ class PullOptions:
     file_mode: Optional[int] = None  # Ansible's mode when numeric: given to what is created, before it is filled
     max_attempts: int = 10
     download_timeout: float = transfer.DEFAULT_READ_TIMEOUT
+    warnings: Tuple[str, ...] = ()  # about the options, for the result
+    prune: bool = False  # format oci: remove the blobs no entry references once this pull's entry is stored
 
     @classmethod
     def from_params(cls, *, ref: str, dest: str, dest_format: str = "oci", platform: str | None = None,
                     all_platforms: bool = False, policy: str = "always", region: str | None = None,
-                    max_connections: int = 8, chunk_size: int = 16 * 1024 * 1024, ranged: bool = True,
+                    max_connections: int = 8, chunk_size: Union[int, str] = 16 * 1024 * 1024, ranged: bool = True,
                     tls_verify: Union[bool, str] = True, check_mode: bool = False,
-                    containerd_address: str = containerd.DEFAULT_ADDRESS,
-                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE, unpack: bool = True,
+                    containerd_address: str | None = None, containerd_namespace: str | None = None,
+                    unpack: bool | None = None,
                     max_attempts: int = 10, download_timeout: float = transfer.DEFAULT_READ_TIMEOUT,
-                    containerd_ctr_path: str | None = None, mode: Any = None) -> PullOptions:
-        """Validate the module's options (in the user's terms) before any network call."""
+                    containerd_ctr_path: str | None = None, mode: Any = None, prune: bool = False) -> PullOptions:
+        """Validate the module's options (in the user's terms) before any network call. The containerd
+        options and unpack are None when not given (their defaults apply), so that giving them for another
+        format can be told apart and warned about."""
         image_ref = parse_reference(ref)
         check_region(image_ref, region)
         if dest_format not in FORMATS:
@@ -92,24 +96,37 @@ class PullOptions:
             raise InvalidOptionError(f"pull '{policy}' is not one of {', '.join(POLICIES)}.")
         if all_platforms and dest_format == "docker-archive":
             raise InvalidOptionError("A docker-archive holds one platform; drop all_platforms or use format oci or oci-archive.")
+        if all_platforms and platform:
+            raise InvalidOptionError("platform picks one platform and all_platforms: true keeps them all; drop one of the two.")
         if max_connections < 1 or max_connections > 64:
             raise InvalidOptionError(f"max_concurrent_downloads must be between 1 and 64, not {max_connections}.")
+        chunk_size = parse_size(chunk_size, "chunk_size")
         if chunk_size < MIN_CHUNK_SIZE:
-            raise InvalidOptionError(f"chunk_size must be at least 1MB, not {chunk_size} bytes.")
+            raise InvalidOptionError(f"chunk_size must be at least 1 MiB (1048576 bytes), not {chunk_size} bytes.")
         if not dest and dest_format != "containerd":
             raise InvalidOptionError("dest must name a directory (format oci) or a file (archive formats).")
         check_max_attempts(max_attempts)
         if not 1 <= download_timeout <= 3600:
             raise InvalidOptionError(f"download_timeout must be between 1 and 3600 seconds, not {download_timeout:g}.")
+        warnings = containerd.ignored_options_warnings("format", dest_format, containerd_namespace=containerd_namespace,
+                                                       containerd_address=containerd_address,
+                                                       containerd_ctr_path=containerd_ctr_path, unpack=unpack)
+        if prune and dest_format != "oci":
+            warnings.append(f"prune applies to format oci only (an archive holds this image alone, and containerd collects "
+                            f"its own garbage), so it was ignored for format {dest_format}.")
+        containerd_address = containerd.DEFAULT_ADDRESS if containerd_address is None else containerd_address
         if not containerd_address:
             raise InvalidOptionError("containerd_address must name containerd's socket, such as /run/containerd/containerd.sock.")
         return cls(ref=image_ref, dest=dest or "", dest_format=dest_format,
                    platform=manifest.parse_platform(platform) if platform else None,
                    all_platforms=all_platforms, policy=policy, max_connections=max_connections,
                    chunk_size=chunk_size, ranged=ranged, tls_verify=tls_verify, check_mode=check_mode,
-                   containerd_address=containerd_address, containerd_namespace=containerd_namespace, unpack=unpack,
+                   containerd_address=containerd_address,
+                   containerd_namespace=containerd.DEFAULT_NAMESPACE if containerd_namespace is None else containerd_namespace,
+                   unpack=True if unpack is None else unpack,
                    max_attempts=max_attempts, download_timeout=download_timeout,
-                   containerd_ctr_path=containerd_ctr_path or None, file_mode=_numeric_mode(mode))
+                   containerd_ctr_path=containerd_ctr_path or None, file_mode=_numeric_mode(mode), warnings=tuple(warnings),
+                   prune=prune and dest_format == "oci")
 
     @property
     def api_retry(self) -> RetryPolicy:
@@ -122,9 +139,18 @@ class PullOptions:
         return RetryPolicy(attempts=self.max_attempts, base_delay=0.5, max_delay=10.0)
 
     @property
-    def entry_name(self) -> str:
-        """The name the image is recorded under in the destination: the tag, or for a reference by
-        digest only, ``sha256-<hex>`` (a tag cannot hold ``:``)."""
+    def image_name(self) -> str:
+        """The image's full name, ``REGISTRY/REPOSITORY:TAG`` (``@DIGEST`` for a reference by digest only):
+        what a layout records it under, so that two repositories with one tag never share an entry
+        (skopeo and umoci read it: ``oci:DIR:NAME``)."""
+        if self.ref.tag:
+            return f"{self.ref.repository_uri}:{self.ref.tag}"
+        return f"{self.ref.repository_uri}@{self.ref.digest}"
+
+    @property
+    def short_name(self) -> str:
+        """The tag, or for a reference by digest only ``sha256-<hex>`` (a tag cannot hold ``:``): the name
+        readers that know only tags look for, kept as an alias while no other repository holds it."""
         if self.ref.tag:
             return self.ref.tag
         return str(self.ref.digest).replace(":", "-")
@@ -148,16 +174,22 @@ def pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository]) -> 
     started = time.monotonic()
     target = _target(options)
     with contextlib.closing(target):
-        return _pull(options, connect, target, started)
+        result = _pull(options, connect, target, started)
+        if options.prune:
+            _prune(options, target, result)
+    if options.warnings:  # for the module to pass to Ansible
+        result["warnings"] = list(result.get("warnings", ())) + list(options.warnings)
+    return result
 
 
 def _pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository], target: _LayoutTarget,
           started: float) -> Dict[str, Any]:
-    before = target.recorded_digest(options.entry_name)
+    before = target.recorded_digest(options.image_name)
+    previous = target.recorded_resolved(options.image_name, before)  # for the result: what was there
 
     if options.policy == "missing" and before:
         plan = target.local_plan(before)
-        return _result(options, plan, before, before, [], 0, started, changed=False, repository=None, target=target)
+        return _result(options, plan, previous, [], 0, started, changed=False, repository=None, target=target)
 
     repository = connect(options.ref)
     raw, media_type, reported = repository.get_manifest(options.ref.image_id, manifest.ACCEPTED_MANIFEST_TYPES)
@@ -172,14 +204,16 @@ def _pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository], ta
     if before == wanted and target.complete(wanted):
         target.tidy(wanted)
         plan = target.local_plan(wanted, top)
-        return _result(options, plan, before, wanted, [], 0, started, changed=False, repository=repository, target=target)
+        return _result(options, plan, previous, [], 0, started, changed=False, repository=repository, target=target)
 
     plan = _plan(options, repository, target.store, top, entry)
     missing = target.missing(plan.blobs)
-    if not plan.platform and isinstance(plan.documents[-1], ImageManifest) and target.store is not None:
-        plan.platform = _image_platform(target.store, plan.documents[-1])
+    if not plan.platform and isinstance(plan.documents[-1], ImageManifest):
+        plan.platform = _image_platform(target.store, plan.documents[-1]) if target.store is not None else "unknown"
     if options.check_mode:
-        return _result(options, plan, before, wanted, missing, 0, started, changed=True, repository=repository,
+        if plan.platform == "unknown" and isinstance(plan.documents[-1], ImageManifest):
+            plan.platform = _remote_platform(options, repository, plan.documents[-1])
+        return _result(options, plan, previous, missing, 0, started, changed=True, repository=repository,
                        check_mode=True, target=target)
 
     store = target.open_for_writing(plan)
@@ -187,13 +221,44 @@ def _pull(options: PullOptions, connect: Callable[[ImageRef], EcrRepository], ta
     transferred = _download(options, repository, store, missing)
     for document in plan.documents:
         store.write_blob(document.raw, expected_digest=document.digest)
-    store.set_tag(options.entry_name, plan.entry.to_json())
+    _record(store, options, plan)
     if plan.platform in ("", "unknown") and isinstance(plan.documents[-1], ImageManifest):
         plan.platform = _image_platform(store, plan.documents[-1])
     target.finish(options, plan)
     # the destination lacked a blob, pointed elsewhere, or (containerd) was not unpacked: it changed
-    return _result(options, plan, before, wanted, missing, transferred, started, changed=True, repository=repository,
+    return _result(options, plan, previous, missing, transferred, started, changed=True, repository=repository,
                    target=target)
+
+
+def _record(store: OciLayout, options: PullOptions, plan: _Plan) -> None:
+    """Point the image's full name at the entry, and its tag alone too unless another repository holds it.
+
+    The entry records the full name (containerd's ``io.containerd.image.name``, which also tells whose
+    a tag-only alias is) and what the reference resolved to (the index of a multi-platform image), which
+    the next run reports as ``previous_digest``. The tag-only alias is for readers that know tags only;
+    it never moves from one repository to another, so two repositories with one tag never flap.
+    """
+    descriptor = plan.entry.to_json()
+    descriptor["annotations"] = dict(descriptor.get("annotations") or {},
+                                     **{layout.IMAGE_NAME_ANNOTATION: options.image_name, layout.RESOLVED_ANNOTATION: plan.top.digest})
+    with store.lock():
+        store.set_tag(options.image_name, descriptor)
+        alias = store.find_tag(options.short_name)
+        if alias is None or (alias.get("annotations") or {}).get(layout.IMAGE_NAME_ANNOTATION) == options.image_name:
+            store.set_tag(options.short_name, descriptor)
+
+
+def _remote_platform(options: PullOptions, repository: EcrRepository, image: ImageManifest) -> str:
+    """The platform of a single-platform image, from its config fetched into a private temporary
+    directory (check mode writes nothing into the destination): one URL and one small GET."""
+    with tempfile.TemporaryDirectory(prefix="ecrkit-config-") as directory:  # mkdtemp: mode 0700
+        job = transfer.BlobJob(digest=image.config.digest, size=image.config.size, path=os.path.join(directory, "config"),
+                               get_url=_url_provider(repository, image.config.digest))
+        with transfer.TransferPool(1, verify=options.tls_verify, retry=options.blob_retry,
+                                   read_timeout=options.download_timeout) as pool:
+            result, = transfer.download_blobs(pool, [job], chunk_size=options.chunk_size, ranged=False)
+        with open(result.path, "rb") as handle:
+            return _config_platform(handle.read(manifest.MAX_MANIFEST_SIZE))
 
 
 def _numeric_mode(mode: Any) -> Optional[int]:
@@ -204,6 +269,21 @@ def _numeric_mode(mode: Any) -> Optional[int]:
     if isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3,4}", mode):
         return int(mode, 8) & 0o7777
     return None
+
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?) ?(?:([kmgt])i?b?|b)?", re.IGNORECASE)
+
+
+def parse_size(value: Union[int, str], option: str) -> int:
+    """A size option in bytes: a whole number of bytes, or a number with a binary unit as the docs write
+    them, ``16MiB``, ``1GiB``, ``512KiB`` (``16MB``, ``16Mi`` and ``16m`` mean the same: binary too)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE_RE.fullmatch(str(value).strip())
+    if not match:
+        raise InvalidOptionError(f"{option} '{value}' is not a size; write a number of bytes or one with a binary unit, "
+                                 "such as 16MiB, 512KiB or 1GiB.")
+    return int(float(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower()))
 
 
 def apply_file_attributes(options: PullOptions, apply: Callable[[str], bool]) -> bool:
@@ -313,7 +393,7 @@ def _url_provider(repository: EcrRepository, digest: str) -> Callable[[bool], st
     return get_url
 
 
-def _result(options: PullOptions, plan: _Plan, before: Optional[str], after: str, missing: List[Descriptor],
+def _result(options: PullOptions, plan: _Plan, previous: Optional[str], missing: List[Descriptor],
             transferred: int, started: float, changed: bool, repository: Optional[EcrRepository],
             target: _LayoutTarget, check_mode: bool = False) -> Dict[str, Any]:
     missing_digests = {blob.digest for blob in missing}
@@ -334,8 +414,14 @@ def _result(options: PullOptions, plan: _Plan, before: Optional[str], after: str
         "format": options.dest_format,
         "api_calls": repository.api_calls if repository else 0,
         "retries": repository.retries if repository else 0,
-        "diff": {"before": {"tag": before}, "after": {"tag": after}},
+        "previous_digest": previous,
+        "repository": options.ref.repository,
+        "image": f"{options.ref.repository_uri}@{plan.top.digest}",
     }
+    # keyed by the image's name, with the digest the result reports (the index of a multi-platform image)
+    result["diff"] = {"before": {options.image_name: result["previous_digest"]}, "after": {options.image_name: plan.top.digest}}
+    if check_mode and isinstance(target, _ContainerdTarget):
+        result["would_unpack"] = options.unpack and not target.unpacked
     result.update(target.extra_result(plan))
     return result
 
@@ -352,10 +438,22 @@ class _LayoutTarget:
         if os.path.lexists(self.root):  # before any API call: a layout another user can change is refused
             hostfs.verify_directory(self.root, "the OCI layout")
         self.store: Optional[OciLayout] = OciLayout(self.root) if _is_layout(self.root) else None
+        if self.store is not None and not options.check_mode:
+            try:  # before this run looks at what the layout holds, which a prune must not remove meanwhile
+                self.store.begin_writing()
+            except layout.LockTimeoutError:
+                raise
+            except EcrkitError:
+                pass  # a layout this user cannot write is only read; open_for_writing says why if it must write
 
     def recorded_digest(self, name: str) -> Optional[str]:
         entry = self.store.find_tag(name) if self.store else None
         return entry["digest"] if entry else None
+
+    def recorded_resolved(self, name: str, digest: Optional[str]) -> Optional[str]:
+        """What the reference resolved to when the entry ``digest`` was recorded under ``name``."""
+        entry = self.store.find_tag(name) if self.store else None
+        return _resolved(entry, digest)
 
     def has_blob(self, blob: Descriptor) -> bool:
         return bool(self.store and _stored(self.store, blob, record=not self.options.check_mode))
@@ -382,6 +480,7 @@ class _LayoutTarget:
     def open_for_writing(self, plan: Optional[_Plan] = None) -> OciLayout:  # pylint: disable=unused-argument
         if self.store is None:
             self.store = OciLayout(self.root, create=True, root_mode=self.options.file_mode)
+        self.store.begin_writing()  # until close(): OciLayout.prune leaves what this run stores alone
         return self.store
 
     def finish(self, options: PullOptions, plan: _Plan) -> None:
@@ -394,7 +493,9 @@ class _LayoutTarget:
         """On an unchanged run, remove what an interrupted run left: nothing for a layout or an archive."""
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Let prunes of the layout run again (this run's entry is stored, or it failed)."""
+        if self.store is not None:
+            self.store.end_writing()
 
 
 class _ArchiveTarget(_LayoutTarget):
@@ -430,15 +531,27 @@ class _ArchiveTarget(_LayoutTarget):
             os.close(self.lock_fd)
             self.lock_fd = None
 
-    def recorded_digest(self, name: str) -> Optional[str]:
+    def _recorded_entry(self, name: str) -> Optional[Dict[str, Any]]:
+        """The summary's entry for the image ``name``: by its full name (an oci-archive, or a docker-archive
+        with an index.json), or by its RepoTags (any docker-archive). One holding the same tag of another
+        repository is not it."""
         if not self.summary:
             return None
-        if self.options.dest_format == "oci-archive":
-            digests = [entry["digest"] for entry in self.summary["manifests"] if entry.get("tag") == name]
-        else:
-            digests = [image["manifest_digest"] for image in self.summary["images"]
-                       if _repo_tag(self.options) in (image.get("repo_tags") or [])]
-        return digests[0] if digests else None
+        for entry in self.summary["manifests"]:
+            if (entry.get("annotations") or {}).get(layout.IMAGE_NAME_ANNOTATION) == name:
+                return entry
+        if self.options.dest_format == "docker-archive":
+            for image in self.summary["images"]:
+                if _repo_tag(self.options) in (image.get("repo_tags") or []) and image["manifest_digest"]:
+                    return {"digest": image["manifest_digest"]}
+        return None
+
+    def recorded_digest(self, name: str) -> Optional[str]:
+        entry = self._recorded_entry(name)
+        return entry["digest"] if entry else None
+
+    def recorded_resolved(self, name: str, digest: Optional[str]) -> Optional[str]:
+        return _resolved(self._recorded_entry(name), digest)
 
     def complete(self, digest: str) -> bool:
         return self.summary is not None  # read_archive_summary checked every blob it references
@@ -458,9 +571,10 @@ class _ArchiveTarget(_LayoutTarget):
     def finish(self, options: PullOptions, plan: _Plan) -> None:
         store = self.open_for_writing()
         if options.dest_format == "oci-archive":
-            archive.write_oci_archive(store, options.entry_name, options.dest, file_mode=options.file_mode)
+            archive.write_oci_archive(store, options.image_name, options.dest, file_mode=options.file_mode,
+                                      ref_name=options.short_name)
         else:
-            archive.write_docker_archive(store, options.entry_name, options.dest, [_repo_tag(options)],
+            archive.write_docker_archive(store, options.image_name, options.dest, [_repo_tag(options)],
                                          file_mode=options.file_mode)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -473,6 +587,13 @@ def _remove_stale_temps(directory: str, name: str) -> None:
             if pattern.fullmatch(entry):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(directory, entry))
+
+
+def _resolved(entry: Optional[Dict[str, Any]], digest: Optional[str]) -> Optional[str]:
+    """The resolved digest an entry records, else its own (an entry written before it was recorded)."""
+    annotations = (entry or {}).get("annotations") or {}
+    resolved = annotations.get(layout.RESOLVED_ANNOTATION)
+    return resolved if layout.is_digest(resolved) else digest
 
 
 def _local_plan(options: PullOptions, reader: Any, digest: str, top: Optional[Document]) -> _Plan:
@@ -499,10 +620,18 @@ def _local_plan(options: PullOptions, reader: Any, digest: str, top: Optional[Do
 def _image_platform(reader: Any, image: ImageManifest) -> str:
     """``os/arch[/variant]`` from an image's config when the destination holds it, else ``unknown``."""
     try:
-        config = json.loads(reader.read_blob(image.config.digest))
+        return _config_platform(reader.read_blob(image.config.digest))
+    except EcrkitError:
+        return "unknown"
+
+
+def _config_platform(data: bytes) -> str:
+    """``os/arch[/variant]`` from the bytes of an image config, or ``unknown``."""
+    try:
+        config = json.loads(data)
         return str(manifest.normalize_platform(Platform(os=config["os"], architecture=config["architecture"],
                                                         variant=config.get("variant"))))
-    except (EcrkitError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return "unknown"
 
 
@@ -543,6 +672,9 @@ class _ContainerdTarget(_LayoutTarget):
     def recorded_digest(self, name: str) -> Optional[str]:
         record = self.client.image(self.names[0])
         return record.digest if record else None
+
+    def recorded_resolved(self, name: str, digest: Optional[str]) -> Optional[str]:
+        return digest  # the name points at what the reference resolved to, an index included
 
     def wanted_digest(self, top: Document, entry: Descriptor) -> str:
         return top.digest  # as containerd's pull: the name points at the index, content for the platform(s)
@@ -733,4 +865,33 @@ def _archive_summary(path: str, dest_format: str) -> Optional[Dict[str, Any]]:
 def _repo_tag(options: PullOptions) -> str:
     """The RepoTags entry of a docker-archive: the reference without digest, with a tag."""
     ref = options.ref
-    return f"{ref.host}/{ref.repository}:{ref.tag or options.entry_name}"
+    return f"{ref.host}/{ref.repository}:{options.short_name}"
+
+
+PRUNE_WAIT = 60.0
+"""Seconds a prune waits for other runs writing into the layout (documented under the module's prune)."""
+
+
+def _prune(options: PullOptions, target: _LayoutTarget, result: Dict[str, Any]) -> None:
+    """``prune``: once the pull stored its entry, remove the blobs of the layout that no entry references
+    (:meth:`OciLayout.prune`), and report it: ``bytes_freed``, ``blobs_removed``, the diff, a warning when
+    another run's writing kept the prune from running. Check mode counts what would go once this pull's
+    entry replaced the image's current one."""
+    target.close()  # this run's shared writers' lock would keep its own prune waiting
+    store = target.store  # None only in check mode, before the layout exists
+    pruned = layout.PruneResult(())
+    if store is not None:
+        replacing, keep = None, set()
+        if options.check_mode and result["changed"]:
+            replacing = options.image_name
+            keep = {result["digest"], result["manifest_digest"]} | {blob["digest"] for blob in result["layers"]}
+        pruned = store.prune(check_mode=options.check_mode, wait=PRUNE_WAIT, replacing=replacing, keep=keep)
+    result["bytes_freed"] = pruned.bytes_freed
+    result["blobs_removed"] = len(pruned.removed)
+    result["changed"] = result["changed"] or bool(pruned.removed)
+    if pruned.skipped:
+        result["warnings"] = list(result.get("warnings", ())) + [pruned.skipped]
+    diff = result.get("diff")
+    if isinstance(diff, dict):
+        diff.setdefault("before", {})["unreferenced_blobs"] = [f"{digest} ({size} bytes)" for digest, size in pruned.removed]
+        diff.setdefault("after", {})["unreferenced_blobs"] = []

@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, containerd, manifest, transfer
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import (
-    EcrApiError, EcrRepository, LayerRefusedError, RepositoryNotFoundError, RetryPolicy, check_max_attempts)
+    AccessDeniedError, EcrApiError, EcrRepository, LayerRefusedError, RepositoryNotFoundError, RetryPolicy, check_max_attempts)
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError, storage_error
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
     BLOB_DIGEST_MISMATCH, BLOB_MISSING, BLOB_NOT_A_FILE, BLOB_PRESENT, BLOB_SIZE_MISMATCH, OciLayout, ref_name)
@@ -86,16 +86,18 @@ class PushOptions:
     containerd_namespace: str = containerd.DEFAULT_NAMESPACE
     max_attempts: int = 10
     containerd_ctr_path: Optional[str] = None  # None: ctr from the system directories
+    warnings: Tuple[str, ...] = ()  # about the options, for the result
 
     @classmethod
     def from_params(cls, *, ref: str, src: str, src_format: str = "oci", src_tag: str | None = None,
                     tags: Sequence[str] | None = None, create_repository: bool = False,
                     image_tag_mutability: str | None = None, region: str | None = None,
                     max_concurrent_uploads: int = 4, check_mode: bool = False,
-                    containerd_address: str = containerd.DEFAULT_ADDRESS,
-                    containerd_namespace: str = containerd.DEFAULT_NAMESPACE, max_attempts: int = 10,
-                    containerd_ctr_path: str | None = None) -> PushOptions:
-        """Validate the module's options (in the user's terms) before any network call."""
+                    containerd_address: str | None = None, containerd_namespace: str | None = None,
+                    max_attempts: int = 10, containerd_ctr_path: str | None = None) -> PushOptions:
+        """Validate the module's options (in the user's terms) before any network call. The containerd
+        options are None when not given (their defaults apply), so that giving them for another
+        src_format can be told apart and warned about."""
         image_ref = parse_reference(ref, default_tag=None)  # a push names its tag (or a digest, for an untagged push)
         check_region(image_ref, region)
         if src_format not in FORMATS:
@@ -118,13 +120,17 @@ class PushOptions:
             if not checked or checked != tag:
                 raise InvalidOptionError(f"The tag '{tag}' in tags is not valid; a tag is 1 to 300 characters from A-Z, a-z, 0-9, '.', '_' and '-'.")
             extra.append(tag)
+        warnings = containerd.ignored_options_warnings("src_format", src_format, containerd_namespace=containerd_namespace,
+                                                       containerd_address=containerd_address,
+                                                       containerd_ctr_path=containerd_ctr_path)
         if src_format != "containerd":  # a path: expand ~ and $VARS as Ansible's path options do
             src = os.path.expanduser(os.path.expandvars(src))
         return cls(ref=image_ref, src=src, src_format=src_format, src_tag=src_tag or None, tags=tuple(extra),
                    create_repository=create_repository, image_tag_mutability=image_tag_mutability,
                    max_concurrent_uploads=max_concurrent_uploads, check_mode=check_mode,
-                   containerd_address=containerd_address, containerd_namespace=containerd_namespace,
-                   max_attempts=max_attempts, containerd_ctr_path=containerd_ctr_path or None)
+                   containerd_address=containerd.DEFAULT_ADDRESS if containerd_address is None else containerd_address,
+                   containerd_namespace=containerd.DEFAULT_NAMESPACE if containerd_namespace is None else containerd_namespace,
+                   max_attempts=max_attempts, containerd_ctr_path=containerd_ctr_path or None, warnings=tuple(warnings))
 
     @property
     def api_retry(self) -> RetryPolicy:
@@ -446,7 +452,16 @@ class _DockerBlobs(_ArchiveBlobs):
 # The push ---------------------------------------------------------------------------------------------
 
 def push(options: PushOptions, connect: Callable[[ImageRef], EcrRepository]) -> Dict[str, Any]:
-    """Run the push; return the module result. The source is validated before ``connect`` is called."""
+    """Run the push; return the module result. The source is validated before ``connect`` is called.
+    ``warnings`` in the result (when there are any) are for the module to pass to Ansible."""
+    warnings = list(options.warnings)
+    result = _push(options, connect, warnings)
+    if warnings:
+        result["warnings"] = warnings
+    return result
+
+
+def _push(options: PushOptions, connect: Callable[[ImageRef], EcrRepository], warnings: List[str]) -> Dict[str, Any]:
     started = time.monotonic()
     with open_source(options) as source:
         top = source.top
@@ -469,10 +484,11 @@ def push(options: PushOptions, connect: Callable[[ImageRef], EcrRepository]) -> 
         before = dict(zip(tags, previous))
         moving = [tag for tag in tags if before[tag] != top.digest]
         untagged_needed = not tags and previous[0] != top.digest
+        mutability = None if created else _compare_mutability(options, repository, warnings)
         if not moving and not untagged_needed:
             return _result(options, source, before, [], 0, started, repository, created=False, changed=False)
         if not created:
-            _refuse_immutable(options, repository, before, moving, top.digest)
+            _refuse_immutable(options, repository, before, moving, top.digest, mutability)
         missing = set(d.digest for d in source.layers) if created else set(repository.missing_blobs(d.digest for d in source.layers))
         empty = [blob.digest for blob in source.layers if blob.digest in missing and blob.size == 0]
         if empty:
@@ -492,25 +508,53 @@ def push(options: PushOptions, connect: Callable[[ImageRef], EcrRepository]) -> 
                 repository.put_image(top.raw, top.media_type, tag=tag, digest=top.digest)
             except EcrApiError as exc:
                 if exc.aws_code == "ImageTagAlreadyExistsException":
-                    raise _immutable_error(options, tag, before.get(tag), top.digest) from None
+                    raise _immutable_error(options, {tag: before.get(tag)}, top.digest) from None
                 raise
         if untagged_needed:
             repository.put_image(top.raw, top.media_type, digest=top.digest)
         return _result(options, source, before, to_upload, transferred, started, repository, created=created, changed=True)
 
 
+def _compare_mutability(options: PushOptions, repository: EcrRepository, warnings: List[str]) -> Optional[str]:
+    """The existing repository's tag mutability when image_tag_mutability was given (one DescribeRepositories,
+    only then), with a warning when they differ: the option applies to a repository this task creates."""
+    if not options.image_tag_mutability:
+        return None
+    try:
+        current = repository.tag_mutability()
+    except AccessDeniedError:
+        warnings.append(f"image_tag_mutability {options.image_tag_mutability} could not be compared with the setting of the "
+                        f"existing repository '{options.ref.repository}' (no ecr:DescribeRepositories); it applies only to a "
+                        "repository this task creates.")
+        return None
+    if current != options.image_tag_mutability:
+        warnings.append(
+            f"The repository '{options.ref.repository}' already exists with image tag mutability {current}; "
+            f"image_tag_mutability {options.image_tag_mutability} applies only to a repository this task creates, so "
+            f"nothing was changed. To change it: aws ecr put-image-tag-mutability --registry-id {options.ref.registry_id} "
+            f"--region {options.ref.region} --repository-name {options.ref.repository} --image-tag-mutability "
+            f"{options.image_tag_mutability}")
+    return current
+
+
 def _refuse_immutable(options: PushOptions, repository: EcrRepository, before: Dict[str, Optional[str]], moving: List[str],
-                      digest: str) -> None:
-    """Fail before any upload when a tag would move in an immutable repository (one extra call, only then)."""
+                      digest: str, mutability: Optional[str] = None) -> None:
+    """Fail before any upload when tags would move in an immutable repository, naming every one of them
+    (one extra call, only then, unless ``mutability`` is already known)."""
     occupied = [tag for tag in moving if before[tag]]
-    if occupied and repository.tag_mutability() == "IMMUTABLE":
-        raise _immutable_error(options, occupied[0], before[occupied[0]], digest)
+    if occupied and (mutability or repository.tag_mutability()) == "IMMUTABLE":
+        raise _immutable_error(options, {tag: before[tag] for tag in occupied}, digest)
 
 
-def _immutable_error(options: PushOptions, tag: str, current: Optional[str], digest: str) -> ImmutableTagError:
-    return ImmutableTagError(
-        f"The tag '{tag}' in the immutable repository '{options.ref.repository}' points at {current or 'another image'}; "
-        f"it cannot be moved to {digest}. Push under a new tag.")
+def _immutable_error(options: PushOptions, occupied: Dict[str, Optional[str]], digest: str) -> ImmutableTagError:
+    where = f"in the immutable repository '{options.ref.repository}'"
+    if len(occupied) == 1:
+        tag, current = next(iter(occupied.items()))
+        return ImmutableTagError(f"The tag '{tag}' {where} points at {current or 'another image'}; it cannot be moved to "
+                                 f"{digest}. Push under a new tag.")
+    listed = ", ".join(f"'{tag}' (at {current or 'another image'})" for tag, current in occupied.items())
+    return ImmutableTagError(f"The tags {listed} {where} point at other images; none of them can be moved to {digest}. "
+                             "Push under new tags.")
 
 
 def _upload(options: PushOptions, repository: EcrRepository, blobs: _Blobs, layers: List[Descriptor]) -> int:
@@ -673,6 +717,10 @@ def _result(options: PushOptions, source: _Source, before: Dict[str, Optional[st
         "bytes_transferred": transferred,
         "elapsed": round(time.monotonic() - started, 3),
         "repository_created": created,
+        # as the pull reports them: the repository, the image pinned by digest, what the reference's tag held
+        "repository": options.ref.repository,
+        "image": f"{options.ref.repository_uri}@{top.digest}",
+        "previous_digest": before.get(options.ref.tag) if options.ref.tag else None,
         "api_calls": repository.api_calls,
         "retries": repository.retries,
         "diff": {"before": dict(before),

@@ -42,8 +42,11 @@ options:
     description:
       - Where to store the image.
       - With O(format=oci), an OCI image layout directory, created if missing. Several images can share
-        one layout; each is recorded in its C(index.json) under its tag
-        (annotation C(org.opencontainers.image.ref.name)) and blobs are stored once.
+        one layout, blobs stored once. Each is recorded in its C(index.json) under its full name
+        C(REGISTRY/REPOSITORY:TAG) (annotation C(org.opencontainers.image.ref.name), so
+        C(skopeo inspect oci:DIR:REGISTRY/REPOSITORY:TAG) reads it), and also under the tag alone
+        unless another repository holds that tag there already; two repositories with one tag never
+        share an entry.
       - With O(format=oci-archive) or O(format=docker-archive), the path of the archive file.
       - Required, except with O(format=containerd). There it optionally names the directory where the
         layers containerd lacks are staged until containerd has ingested them (removed when the pull
@@ -78,17 +81,19 @@ options:
       - Defaults to the managed host's own operating system and architecture.
       - An image that is not multi-platform is pulled as it is.
       - When the image has no manifest for the platform, the task fails and lists the platforms it has.
+      - Not together with O(all_platforms=true) (O(all_platforms=false), the default, is fine).
     type: str
   all_platforms:
     description:
       - Keep the whole multi-platform image (the index and every platform's manifest and layers) instead of
-        one platform. Not available with O(format=docker-archive).
+        one platform. Not available with O(format=docker-archive), and not together with O(platform).
     type: bool
     default: false
   pull:
     description:
       - V(always) asks ECR what the tag points to now and updates O(dest) when it moved.
-      - V(missing) does nothing, and makes no API call, when O(dest) already holds an image under the tag.
+      - V(missing) does nothing, and makes no API call, when O(dest) already holds an image of this repository
+        under the tag (another repository's image with the same tag does not count).
     type: str
     choices: [always, missing]
     default: always
@@ -96,14 +101,18 @@ options:
     description:
       - How many HTTPS connections the whole pull uses at once, across all layers. Large layers are split
         into ranges fetched in parallel, which is what makes them fast when each connection is capped.
+      - Between 1 and 64.
     type: int
     default: 8
   chunk_size:
     description:
-      - The size of one ranged request, for example V(8MB) or V(16MB) (binary units).
+      - The size of one ranged request, in bytes or with a binary unit, for example V(8MiB), V(16MiB) or
+        V(1GiB). V(KiB), V(MiB), V(GiB) and V(TiB) may also be written V(KB), V(MB), V(GB), V(TB) or V(K),
+        V(M), V(G), V(T); they mean 1024-based units all the same.
+      - At least 1 MiB.
       - Memory use does not grow with it; smaller chunks spread one layer over more connections.
     type: str
-    default: 16MB
+    default: 16MiB
   ranged_downloads:
     description:
       - Split large blobs into parallel ranged requests. V(false) fetches every blob in one request.
@@ -115,14 +124,31 @@ options:
         that a container can start from the image at once. With all platforms, the host's platform is
         unpacked.
       - An image that is present but not unpacked is unpacked without downloading anything.
+      - The default is V(true). Given with another O(format), it does nothing and the task warns.
     type: bool
-    default: true
   download_timeout:
     description:
       - Seconds a blob download waits for the next bytes before it drops the connection and retries that
         range from its last byte (a stalled connection).
     type: int
     default: 60
+  prune:
+    description:
+      - With O(format=oci), once this pull has stored its entry, remove every blob of the layout that no entry
+        of its C(index.json) references any more (directly, or through the manifests and indexes stored
+        there), such as the layers of the image a tag pointed at before it moved. Blobs that other images of
+        the layout share are kept; downloads in progress are never touched. RV(bytes_freed) and
+        RV(blobs_removed) report it; check mode reports what would be removed, diff mode lists it.
+      - Safe against other pulls of this collection into the same layout at the same time. The prune waits up
+        to 60 seconds for them to finish (a pull announces itself before it looks at the layout and until its
+        entry is stored); if they have not, it removes nothing and the task warns, and the next run with
+        O(prune=true) prunes. Other tools (C(skopeo copy), C(umoci)) do not take part, so do not run them
+        into the layout while a prune runs.
+      - When the layout holds an image whose references cannot be read whole (a manifest it lists is missing
+        or damaged), nothing is removed and the task warns, naming it.
+      - Given with another O(format), it does nothing and the task warns.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.files
   - ecrkit.images.containerd
@@ -133,6 +159,11 @@ extends_documentation_fragment:
 notes:
   - The IAM permissions needed are C(ecr:BatchGetImage) and C(ecr:GetDownloadUrlForLayer) on the repository.
   - The O(region) option, when given, must match the region in the reference.
+  - "C(module_defaults): use C(group/ecrkit.images.ecr) to set options (O(endpoint_url), O(region),
+    O(profile), O(access_key), ...) for both modules of this collection. C(group/aws) and
+    C(group/amazon.aws.aws) do not apply to them: ansible-core builds a group only from the collection
+    that owns it, and another collection cannot join it. Repeat the shared settings under
+    C(group/ecrkit.images.ecr), for example with a YAML anchor."
   - Supports check mode (the image is resolved and the task reports what would be downloaded) and diff
     mode (the tag's digest before and after).
 """
@@ -169,6 +200,13 @@ EXAMPLES = r"""
     ref: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2
     dest: /var/lib/images/app
     pull: missing
+
+- name: Follow the stable tag, and free the disk the release it moved away from used
+  ecrkit.images.ecr_image_pull:
+    ref: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:stable
+    dest: /var/lib/images/app
+    prune: true
+  register: pulled  # pulled.bytes_freed
 """
 
 RETURN = r"""
@@ -187,6 +225,30 @@ media_type:
   returned: always
   type: str
   sample: application/vnd.oci.image.index.v1+json
+previous_digest:
+  description:
+    - What the reference had resolved to when O(dest) last recorded this image (the same kind of digest as
+      RV(digest)), or null when O(dest) did not hold it.
+    - Equal to RV(digest) when nothing changed.
+  returned: always
+  type: str
+  sample: sha256:0d3b4bb4b0ecb2d45e3e3d8b0a6e2c3b1c1c2f1f8f4e1f0c6a7f3b6e0b3a9d8c
+repository:
+  description: The repository's name in ECR.
+  returned: always
+  type: str
+  sample: team/app
+image:
+  description: The image pinned by digest, ready for templates (C(REGISTRY/REPOSITORY@DIGEST) with RV(digest)).
+  returned: always
+  type: str
+  sample: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app@sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270
+would_unpack:
+  description: In check mode with O(format=containerd), whether the run would unpack the image (its content being
+    present, this alone can make the task changed).
+  returned: in check mode, with O(format=containerd)
+  type: bool
+  sample: true
 platform:
   description: The platform pulled, or V(all) with O(all_platforms).
   returned: always
@@ -268,9 +330,19 @@ retries:
   returned: always
   type: int
   sample: 0
+bytes_freed:
+  description: Bytes of the unreferenced blobs O(prune) removed from the layout (in check mode, would remove).
+  returned: when O(prune=true) and O(format=oci)
+  type: int
+  sample: 31457280
+blobs_removed:
+  description: How many blobs O(prune) removed (in check mode, would remove); the diff lists them.
+  returned: when O(prune=true) and O(format=oci)
+  type: int
+  sample: 4
 """
 
-from ansible.module_utils.common.text.formatters import human_to_bytes
+from ansible.module_utils.common.warnings import warn
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
@@ -289,16 +361,16 @@ def main() -> None:
             all_platforms=dict(type="bool", default=False),
             pull=dict(type="str", default="always", choices=["always", "missing"]),
             max_concurrent_downloads=dict(type="int", default=8),
-            chunk_size=dict(type="str", default="16MB"),
+            chunk_size=dict(type="str", default="16MiB"),
             ranged_downloads=dict(type="bool", default=True),
-            containerd_namespace=dict(type="str", default="default"),
-            containerd_address=dict(type="path", default="/run/containerd/containerd.sock"),
+            containerd_namespace=dict(type="str"),  # None: "default"; given with another format: a warning
+            containerd_address=dict(type="path"),  # None: /run/containerd/containerd.sock
             containerd_ctr_path=dict(type="str"),
-            unpack=dict(type="bool", default=True),
+            unpack=dict(type="bool"),  # None: true
             max_attempts=dict(type="int", default=10),
             download_timeout=dict(type="int", default=60),
+            prune=dict(type="bool", default=False),
         ),
-        mutually_exclusive=[("platform", "all_platforms")],
         supports_check_mode=True,
         add_file_common_args=True,
     )
@@ -307,27 +379,23 @@ def main() -> None:
         options = PullOptions.from_params(
             ref=params["ref"], dest=params["dest"], dest_format=params["format"], platform=params["platform"],
             all_platforms=params["all_platforms"], policy=params["pull"], region=explicit_region(params["region"]),
-            max_connections=params["max_concurrent_downloads"], chunk_size=_bytes(params["chunk_size"]),
+            max_connections=params["max_concurrent_downloads"], chunk_size=params["chunk_size"],
             ranged=params["ranged_downloads"], tls_verify=blob_tls_verify(params), check_mode=module.check_mode,
             containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"],
             containerd_ctr_path=params["containerd_ctr_path"], mode=params["mode"],
-            unpack=params["unpack"], max_attempts=params["max_attempts"], download_timeout=params["download_timeout"])
+            unpack=params["unpack"], max_attempts=params["max_attempts"], download_timeout=params["download_timeout"],
+            prune=params["prune"])
         result = pull(options, lambda ref: connect(module, ref, options.api_retry))
         if apply_file_attributes(options, lambda path: module.set_fs_attributes_if_different(
                 module.load_file_common_arguments(params, path=path), False, result.get("diff"))):
             result["changed"] = True
     except EcrkitError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)
+    for warning in result.pop("warnings", []):
+        warn(warning)  # not module.warn: amazon.aws 10 would pass them to exit_json, deprecated in ansible-core 2.19
     if not module._diff:  # pylint: disable=protected-access
         result.pop("diff", None)
     module.exit_json(**result)
-
-
-def _bytes(size: str) -> int:
-    try:
-        return human_to_bytes(size)
-    except ValueError:
-        raise EcrkitError(f"chunk_size '{size}' is not a size; write it like 8MB or 16MB.") from None
 
 
 if __name__ == "__main__":

@@ -77,7 +77,10 @@ options:
     default: false
   image_tag_mutability:
     description:
-      - The tag mutability of a repository this task creates. Ignored for an existing repository.
+      - The tag mutability of a repository this task creates.
+      - An existing repository is never changed. When its setting differs, the task warns, naming the
+        repository's setting and the command that changes it; comparing costs one C(DescribeRepositories)
+        call per run, made only when this option is given.
     type: str
     choices: [MUTABLE, IMMUTABLE]
   max_concurrent_uploads:
@@ -97,10 +100,16 @@ extends_documentation_fragment:
 notes:
   - The IAM permissions needed are C(ecr:BatchGetImage), C(ecr:BatchCheckLayerAvailability),
     C(ecr:InitiateLayerUpload), C(ecr:UploadLayerPart), C(ecr:CompleteLayerUpload) and C(ecr:PutImage) on
-    the repository, C(ecr:DescribeRepositories) when a tag would move, and C(ecr:CreateRepository) with
-    O(create_repository).
-  - In a repository with immutable tags, a tag that already points at another image fails the task before
-    anything is uploaded; a tag that already points at this image is left as it is.
+    the repository, C(ecr:DescribeRepositories) when a tag would move or O(image_tag_mutability) is given,
+    and C(ecr:CreateRepository) with O(create_repository).
+  - In a repository with immutable tags, tags that already point at another image fail the task before
+    anything is uploaded, and the error names every one of them; a tag that already points at this image
+    is left as it is.
+  - "C(module_defaults): use C(group/ecrkit.images.ecr) to set options (O(endpoint_url), O(region),
+    O(profile), O(access_key), ...) for both modules of this collection. C(group/aws) and
+    C(group/amazon.aws.aws) do not apply to them: ansible-core builds a group only from the collection
+    that owns it, and another collection cannot join it. Repeat the shared settings under
+    C(group/ecrkit.images.ecr), for example with a YAML anchor."
   - The O(region) option, when given, must match the region in the reference.
   - Supports check mode (the task reports what would be uploaded and which tags would move) and diff mode
     (each tag's digest before and after).
@@ -195,6 +204,21 @@ repository_created:
   description: Whether the repository was created (would be, in check mode).
   returned: always
   type: bool
+repository:
+  description: The repository's name in ECR.
+  returned: always
+  type: str
+  sample: team/app
+image:
+  description: The pushed image pinned by digest, ready for templates (C(REGISTRY/REPOSITORY@DIGEST) with RV(digest)).
+  returned: always
+  type: str
+  sample: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app@sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270
+previous_digest:
+  description: What the tag of O(ref) pointed at before this run (null when it did not exist, or for a push by digest).
+  returned: always
+  type: str
+  sample: sha256:0d3b4bb4b0ecb2d45e3e3d8b0a6e2c3b1c1c2f1f8f4e1f0c6a7f3b6e0b3a9d8c
 api_calls:
   description: ECR API calls this run made, retries included.
   returned: always
@@ -206,6 +230,8 @@ retries:
   type: int
   sample: 0
 """
+
+from ansible.module_utils.common.warnings import warn
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
@@ -225,8 +251,8 @@ def main() -> None:
             create_repository=dict(type="bool", default=False),
             image_tag_mutability=dict(type="str", choices=["MUTABLE", "IMMUTABLE"]),
             max_concurrent_uploads=dict(type="int", default=4),
-            containerd_namespace=dict(type="str", default="default"),
-            containerd_address=dict(type="path", default="/run/containerd/containerd.sock"),
+            containerd_namespace=dict(type="str"),  # None: "default"; given with another format: a warning
+            containerd_address=dict(type="path"),  # None: /run/containerd/containerd.sock
             containerd_ctr_path=dict(type="str"),
             max_attempts=dict(type="int", default=10),
         ),
@@ -245,6 +271,8 @@ def main() -> None:
         result = push(options, lambda ref: connect(module, ref, options.api_retry))
     except EcrkitError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)
+    for warning in result.pop("warnings", []):
+        warn(warning)  # not module.warn: amazon.aws 10 would pass them to exit_json, deprecated in ansible-core 2.19
     if not module._diff:  # pylint: disable=protected-access
         result.pop("diff", None)
     module.exit_json(**result)

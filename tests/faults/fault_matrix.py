@@ -664,7 +664,7 @@ def layout_leftovers(root: str) -> List[str]:
     private = os.path.join(root, ".ecrkit")
     if os.path.isdir(private):
         for name in os.listdir(private):
-            if name not in ("lock", "partial", "verified"):
+            if name not in ("lock", "partial", "verified", "writers"):
                 found.append(os.path.join(private, name))
         verified = os.path.join(private, "verified")  # a stamp per verified blob is kept; nothing else
         if os.path.isdir(verified):

@@ -251,7 +251,7 @@ def test_untagged_docker_archive(images, tmp_path):
     assert summary["images"][0]["repo_tags"] == []
     assert summary["images"][0]["manifest_digest"] == built["single"].digest
     assert summary["manifests"] == [{"tag": None, "digest": built["single"].digest, "mediaType": si.OCI_MANIFEST,
-                                     "size": built["single"].size}]
+                                     "size": built["single"].size, "annotations": {}}]
 
 
 # atomicity and destinations ----------------------------------------------------------------------
@@ -320,7 +320,8 @@ def test_read_archive_summary(images, tmp_path):
     write_docker_archive(layout, "docker", docker, ["example.com/x:1"])
     assert read_archive_summary(oci, OCI_ARCHIVE) == {
         "format": OCI_ARCHIVE,
-        "manifests": [{"tag": "multi", "digest": built["multi"].digest, "mediaType": si.OCI_INDEX, "size": built["multi"].size}],
+        "manifests": [{"tag": "multi", "digest": built["multi"].digest, "mediaType": si.OCI_INDEX, "size": built["multi"].size,
+                       "annotations": {"org.opencontainers.image.ref.name": "multi"}}],
         "images": [],
     }
     image = built["docker"].manifests[0]

@@ -373,3 +373,30 @@ def test_every_value_for_ctr_is_checked_before_it_is_run(private_containerd):
     assert client.commands == before  # none of them ran ctr
     with pytest.raises(containerd.UnknownNamespaceError, match="The containerd namespace '--help' is not a valid"):
         containerd.Containerd(private_containerd.address, "--help", containerd.find_ctr())
+
+
+def test_a_directory_given_as_containerd_address_is_called_a_directory(tmp_path):
+    """Issue 12: ctr cannot dial a directory, which read as a daemon that does not answer."""
+    with pytest.raises(containerd.SocketMissingError) as caught:
+        containerd.connect(str(tmp_path), "default", must_exist=False)
+    assert str(caught.value) == (f"containerd_address {tmp_path} is a directory, not containerd's socket; set it to the socket "
+                                 "containerd listens on, such as /run/containerd/containerd.sock.")
+    regular = tmp_path / "containerd.sock"
+    regular.write_bytes(b"")
+    with pytest.raises(containerd.SocketMissingError, match=f"containerd_address {regular} is a regular file, not containerd's socket"):
+        containerd.connect(str(regular), "default", must_exist=False)
+
+
+def test_permission_denied_is_said_once(private_containerd, as_nobody):
+    report = connect_as_nobody(as_nobody, private_containerd.address)
+    assert report.lower().count("permission denied") == 1, report
+
+
+def test_containerd_options_with_another_format_are_named_in_one_warning():
+    warn = containerd.ignored_options_warnings
+    assert warn("format", "oci", containerd_namespace=None, containerd_address=None, unpack=None) == []
+    assert warn("format", "containerd", containerd_namespace="k8s.io", unpack=False) == []
+    assert warn("src_format", "oci-archive", containerd_namespace="k8s.io", containerd_address=None) == [
+        "containerd_namespace applies only to src_format containerd and was ignored (src_format is oci-archive)."]
+    assert warn("format", "oci", containerd_address="/run/c.sock", unpack=False) == [
+        "containerd_address, unpack apply only to format containerd and were ignored (format is oci)."]

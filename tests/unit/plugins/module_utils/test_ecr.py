@@ -379,3 +379,40 @@ def test_a_proxy_page_is_not_retried():
     finally:
         server.close()
     assert server.answers == 1
+
+
+def test_an_unreachable_endpoint_says_how_many_attempts_over_how_long():
+    """Issue 12: 31 s of retries against an endpoint that never answered ended in a message without either."""
+    from botocore.exceptions import EndpointConnectionError  # pylint: disable=import-outside-toplevel
+    now = [1000.0]
+
+    def sleep(dummy_seconds):
+        now[0] += 3.44  # the backoff and the attempt that follows it, on a clock the test owns
+
+    url = "https://api.ecr.us-east-1.amazonaws.com/"
+    client = _Scripted(batch_get_image=[EndpointConnectionError(endpoint_url=url)] * 10)
+    ref = parse_reference("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1.0")
+    repository = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=10), sleep=sleep, clock=lambda: now[0])
+    with pytest.raises(ecr.EndpointError) as caught:
+        repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
+    message = str(caught.value)
+    assert message.startswith("Could not reach the ECR API for BatchGetImage: it did not answer after 10 attempts over 31 s ")
+    assert url in message and "endpoint_url" in message and "\n" not in message
+    assert repository.api_calls == 10 and repository.retries == 9
+
+    client = _Scripted(batch_get_image=[EndpointConnectionError(endpoint_url=url)])
+    repository = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=1), sleep=sleep, clock=lambda: now[0])
+    with pytest.raises(ecr.EndpointError, match="did not answer after 1 attempt over 0.0 s"):
+        repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
+
+
+def test_throttling_past_the_limit_says_how_long_it_was_tried():
+    from botocore.exceptions import ClientError  # pylint: disable=import-outside-toplevel
+    now = [0.0]
+    throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "BatchGetImage")
+    repository = ecr.EcrRepository(_Scripted(batch_get_image=[throttled] * 3),
+                                   parse_reference("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1.0"),
+                                   ecr.RetryPolicy(attempts=3), sleep=lambda seconds: now.__setitem__(0, now[0] + 2.5),
+                                   clock=lambda: now[0])
+    with pytest.raises(ecr.EcrApiError, match=r"with ThrottlingException after 2 retries \(3 attempts over 5.0 s\); .*max_attempts"):
+        repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)

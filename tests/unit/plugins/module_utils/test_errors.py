@@ -240,3 +240,15 @@ def test_redact_canonical_request_quoted_in_a_signature_error():
     assert "content-type;host;x-amz-date;x-amz-security-token;x-amz-target" in out  # the signed-header list stays
     assert redact("Authorization:AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=abc").count("abc") == 0
     assert redact("team/authorization:1.2") == "team/authorization:1.2"  # a repository path stays readable
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.EACCES, "Permission denied for /data/x while writing the blob;"),
+    (errno.EPERM, "Operation not permitted for /data/x while writing the blob;"),
+    (errno.EROFS, "A read-only file system for /data/x while writing the blob;"),
+])
+def test_a_denied_write_says_why_once(code, words):
+    """Issue 12: "Permission denied for ... (Permission denied)" said it twice."""
+    message = str(errors.storage_error(OSError(code, os.strerror(code)), "writing the blob", "/data/x"))
+    assert message.startswith(words)
+    assert message.count(os.strerror(code)) <= 1 and message.lower().count("permission denied") <= 1

@@ -80,7 +80,8 @@ def test_pull_then_nothing_to_do(seeded, tmp_path):
     assert not again["changed"] and again["bytes_transferred"] == 0 and again["api_calls"] == 1
     assert {layer["action"] for layer in again["layers"]} == {"present"}
     assert endpoint.stats()["api_calls_total"] == 1
-    assert again["diff"] == {"before": {"tag": images["one"].digest}, "after": {"tag": images["one"].digest}}
+    name = f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/team/app:one"
+    assert again["diff"] == {"before": {name: images["one"].digest}, "after": {name: images["one"].digest}}
 
 
 def test_shared_layers_are_not_downloaded_again(seeded, tmp_path):
@@ -223,7 +224,7 @@ def _journaled_bytes(partials):
 @pytest.mark.parametrize("params, message", [
     ({"dest_format": "docker-archive", "all_platforms": True}, "docker-archive holds one platform"),
     ({"max_connections": 0}, "between 1 and 64"),
-    ({"chunk_size": 1000}, "at least 1MB"),
+    ({"chunk_size": 1000}, "at least 1 MiB"),
     ({"platform": "linux"}, "linux"),
     ({"region": "eu-west-1"}, "eu-west-1"),
 ])
@@ -899,3 +900,300 @@ def test_an_image_of_a_thousand_layers_is_pulled_with_few_open_files(ecr_endpoin
     assert {layer["action"] for layer in result["layers"]} == {"downloaded"}
     store = layout.OciLayout(str(tmp_path / "dest"))
     assert all(store.has_blob(layer["digest"], layer["size"], verify=True) for layer in result["layers"])
+
+
+# A fleet operator's view: many repositories in one layout, results to register and template -------------
+
+def _by_name(endpoint, repository, tag):
+    return f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/{repository}:{tag}"
+
+
+@pytest.fixture
+def same_tag(seeded):
+    """team/web:latest and team/sidecar:latest: two repositories, one tag, two different images."""
+    endpoint, images = seeded
+    client = endpoint.client()
+    sample_images.push_image(client, images["one"], "team/web", tags=["latest"], create_repository=True)
+    sample_images.push_image(client, images["two"], "team/sidecar", tags=["latest"], create_repository=True)
+    return endpoint, images
+
+
+def pull_named(endpoint, repository, tag, dest, **kwargs):
+    kwargs.setdefault("chunk_size", MIB)
+    return run(endpoint, pull.PullOptions.from_params(ref=_by_name(endpoint, repository, tag), dest=str(dest), **kwargs))
+
+
+def test_two_repositories_with_one_tag_share_a_layout_without_flapping(same_tag, tmp_path):
+    endpoint, images = same_tag
+    dest = tmp_path / "shared"
+    web, sidecar = _by_name(endpoint, "team/web", "latest"), _by_name(endpoint, "team/sidecar", "latest")
+    first = pull_named(endpoint, "team/web", "latest", dest)
+    second = pull_named(endpoint, "team/sidecar", "latest", dest)
+    third = pull_named(endpoint, "team/web", "latest", dest)
+    assert first["changed"] and second["changed"] and not third["changed"]
+    assert (first["digest"], second["digest"], third["digest"]) == (images["one"].digest, images["two"].digest, images["one"].digest)
+    store = layout.OciLayout(str(dest))
+    assert store.find_tag(web)["digest"] == images["one"].digest and store.find_tag(sidecar)["digest"] == images["two"].digest
+    # the tag alone stays with the repository that had it first: it never moves between repositories
+    assert store.find_tag("latest")["annotations"][layout.IMAGE_NAME_ANNOTATION] == web
+    again = [pull_named(endpoint, repository, "latest", dest) for repository in ("team/web", "team/sidecar")]
+    assert [result["changed"] for result in again] == [False, False]
+    endpoint.reset_stats()
+    missing = pull_named(endpoint, "team/sidecar", "latest", dest, policy="missing")
+    assert not missing["changed"] and missing["api_calls"] == 0 and missing["digest"] == images["two"].digest
+    assert endpoint.stats()["api_calls_total"] == 0
+    for name, image in ((web, images["one"]), (sidecar, images["two"]), ("latest", images["one"])):
+        inspected = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{dest}:{name}"], check=True, capture_output=True).stdout)
+        assert inspected["Digest"] == image.digest
+    listed = subprocess.run(["umoci", "ls", "--layout", str(dest)], check=True, capture_output=True, text=True).stdout.split()
+    assert sorted(listed) == sorted([web, sidecar, "latest"])
+
+
+def test_an_archive_of_another_repository_with_the_same_tag_is_not_taken_for_this_one(same_tag, tmp_path):
+    endpoint, images = same_tag
+    for dest_format in ("oci-archive", "docker-archive"):
+        dest = tmp_path / f"image.{dest_format}"
+        pull_named(endpoint, "team/web", "latest", dest, dest_format=dest_format)
+        endpoint.reset_stats()
+        other = pull_named(endpoint, "team/sidecar", "latest", dest, dest_format=dest_format, policy="missing")
+        assert other["changed"] and other["digest"] == images["two"].digest and other["previous_digest"] is None
+        assert pull_named(endpoint, "team/sidecar", "latest", dest, dest_format=dest_format)["changed"] is False
+
+
+def test_results_say_what_was_there_before_and_name_the_image_for_templates(seeded, tmp_path):
+    endpoint, images = seeded
+    dest = tmp_path / "dest"
+    name = _by_name(endpoint, "team/app", "multi")
+    first = run(endpoint, options(endpoint, "multi", dest))
+    index = images["multi"].digest
+    assert first["digest"] == index and first["manifest_digest"] != index  # one platform of an index
+    assert first["previous_digest"] is None and first["repository"] == "team/app"
+    assert first["image"] == f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/team/app@{index}"
+    assert first["diff"] == {"before": {name: None}, "after": {name: index}}
+    again = run(endpoint, options(endpoint, "multi", dest))
+    assert not again["changed"] and again["previous_digest"] == index
+    assert again["diff"] == {"before": {name: index}, "after": {name: index}}
+    moved = run(endpoint, options(endpoint, "one", dest))
+    assert moved["previous_digest"] is None  # another tag: its own entry
+
+
+def test_check_mode_reports_the_platform_of_a_single_platform_image_it_has_not_pulled(seeded, tmp_path):
+    endpoint, images = seeded
+    planned = run(endpoint, options(endpoint, "one", tmp_path / "new", check_mode=True))
+    assert planned["changed"] and planned["platform"] == "linux/amd64"
+    assert not (tmp_path / "new").exists()
+
+
+def test_check_mode_says_when_the_only_change_is_an_unpack(seeded, private_containerd, tmp_path):
+    endpoint, dummy = seeded
+    run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", unpack=False))
+    planned = run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", check_mode=True))
+    assert planned["changed"] and planned["would_unpack"] is True
+    assert {layer["action"] for layer in planned["layers"]} == {"present"}
+    assert run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s"))["changed"]
+    settled = run(endpoint, into_containerd(endpoint, private_containerd, "one", tmp_path / "s", check_mode=True))
+    assert not settled["changed"] and "would_unpack" not in settled
+
+
+def _checked_options(tmp_path, **params):
+    return pull.PullOptions.from_params(ref="123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1",
+                                        dest=str(tmp_path / "dest"), **params)
+
+
+def test_all_platforms_false_with_a_platform_is_accepted(tmp_path):
+    """Issue 12: all_platforms: false is the default, not a conflict with platform."""
+    opts = _checked_options(tmp_path, platform="linux/amd64", all_platforms=False)
+    assert str(opts.platform) == "linux/amd64" and not opts.all_platforms
+    with pytest.raises(pull.InvalidOptionError) as caught:
+        _checked_options(tmp_path, platform="linux/arm64", all_platforms=True)
+    assert str(caught.value) == ("platform picks one platform and all_platforms: true keeps them all; "
+                                 "drop one of the two.")
+
+
+@pytest.mark.parametrize("given, size", [
+    ("16MiB", 16 * MIB), ("16MB", 16 * MIB), ("16M", 16 * MIB), ("16m", 16 * MIB), ("16Mi", 16 * MIB),
+    ("16 MiB", 16 * MIB), ("1GiB", 1024 * MIB), ("1.5GiB", 1536 * MIB), ("2048KiB", 2 * MIB), ("1048576", MIB),
+    ("1048576B", MIB), (4 * MIB, 4 * MIB),
+])
+def test_sizes_take_binary_units_as_the_docs_write_them(tmp_path, given, size):
+    assert pull.parse_size(given, "chunk_size") == size
+    assert _checked_options(tmp_path, chunk_size=given).chunk_size == size
+
+
+@pytest.mark.parametrize("given", ["lots", "16XB", "-1MiB", "1.2.3MiB", "MiB", "16 M iB", "", "16iB"])
+def test_a_size_that_is_not_one_is_one_clear_error(tmp_path, given):
+    with pytest.raises(pull.InvalidOptionError) as caught:
+        _checked_options(tmp_path, chunk_size=given)
+    assert str(caught.value) == (f"chunk_size '{given}' is not a size; write a number of bytes or one with a binary unit, "
+                                 "such as 16MiB, 512KiB or 1GiB.")
+
+
+def test_chunk_size_below_one_mib_is_refused_with_the_limit(tmp_path):
+    with pytest.raises(pull.InvalidOptionError, match=r"chunk_size must be at least 1 MiB \(1048576 bytes\), not 524288 bytes"):
+        _checked_options(tmp_path, chunk_size="512KiB")
+
+
+def test_containerd_options_with_another_format_warn_and_defaults_apply(seeded, tmp_path):
+    endpoint, dummy = seeded
+    plain = _checked_options(tmp_path)
+    assert plain.warnings == () and plain.unpack is True
+    assert (plain.containerd_namespace, plain.containerd_address) == (containerd.DEFAULT_NAMESPACE, containerd.DEFAULT_ADDRESS)
+    result = run(endpoint, options(endpoint, "one", tmp_path / "dest", containerd_namespace="k8s.io", unpack=False))
+    assert result["changed"]
+    assert result["warnings"] == ["containerd_namespace, unpack apply only to format containerd and were ignored (format is oci)."]
+    assert "warnings" not in run(endpoint, options(endpoint, "one", tmp_path / "dest"))
+    given = _checked_options(tmp_path, dest_format="containerd", containerd_namespace="k8s.io", unpack=False)
+    assert given.warnings == () and given.containerd_namespace == "k8s.io" and given.unpack is False
+
+
+# prune: disk on edge boxes ------------------------------------------------------------------------------
+
+@pytest.fixture
+def stable(seeded):
+    """team/web:stable at image one; moving it to image two leaves one's manifest and config unreferenced."""
+    endpoint, images = seeded
+    sample_images.push_image(endpoint.client(), images["one"], "team/web", tags=["stable"], create_repository=True)
+    return endpoint, images
+
+
+def _stored(dest):
+    return {"sha256:" + name for name in os.listdir(os.path.join(dest, "blobs", "sha256"))}
+
+
+def _digests(*images):
+    return {blob.digest for image in images for blob in image.blob_descriptors()}
+
+
+def test_prune_frees_what_a_moved_tag_left_and_keeps_shared_layers(stable, tmp_path):
+    endpoint, images = stable
+    dest = tmp_path / "edge"
+    first = pull_named(endpoint, "team/web", "stable", dest, prune=True)
+    assert first["changed"] and first["bytes_freed"] == 0 and first["blobs_removed"] == 0
+    run(endpoint, options(endpoint, "multi", dest))  # another image in the layout (one platform of an index)
+    amd64 = [image for image in images["multi"].manifests if image.platform["architecture"] == "amd64"][0]
+    sidecar = {amd64.digest, amd64.config.digest} | {blob.digest for blob in amd64.layers}
+    sample_images.push_image(endpoint.client(), images["two"], "team/web", tags=["stable"])
+    freed = images["one"].size + images["one"].manifests[0].config.size
+
+    before = _stored(dest)
+    planned = pull_named(endpoint, "team/web", "stable", dest, prune=True, check_mode=True)
+    assert planned["changed"] and planned["bytes_freed"] == freed and planned["blobs_removed"] == 2
+    assert _stored(dest) == before
+    moved = pull_named(endpoint, "team/web", "stable", dest, prune=True)
+    assert moved["changed"] and moved["digest"] == images["two"].digest
+    assert moved["bytes_freed"] == freed and moved["blobs_removed"] == 2
+    assert sorted(moved["diff"]["before"]["unreferenced_blobs"]) == sorted(
+        f"{digest} ({os.path.getsize(os.path.join(images['one'].layout, 'blobs', 'sha256', digest[7:]))} bytes)"
+        for digest in (images["one"].digest, images["one"].manifests[0].config.digest))
+    assert moved["diff"]["after"]["unreferenced_blobs"] == []
+    assert [layer["action"] for layer in moved["layers"]].count("present") == 2  # the layers one and two share
+    assert _stored(dest) == _digests(images["two"]) | sidecar
+    store = layout.OciLayout(str(dest))
+    for digest in _stored(dest):
+        assert store.verified_status(digest, os.path.getsize(store.blob_path(digest))) == layout.BLOB_PRESENT
+    for name, digest in ((_by_name(endpoint, "team/web", "stable"), images["two"].digest),
+                         (_by_name(endpoint, "team/app", "multi"), amd64.digest)):
+        inspected = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{dest}:{name}"], check=True,
+                                              capture_output=True, timeout=60).stdout)
+        assert inspected["Digest"] == digest
+
+    again = pull_named(endpoint, "team/web", "stable", dest, prune=True)
+    assert not again["changed"] and again["bytes_freed"] == 0 and again["blobs_removed"] == 0
+    assert "warnings" not in again
+
+
+def test_prune_on_an_unchanged_run_frees_what_was_left_before(stable, tmp_path):
+    endpoint, images = stable
+    dest = tmp_path / "edge"
+    pull_named(endpoint, "team/web", "stable", dest)
+    sample_images.push_image(endpoint.client(), images["two"], "team/web", tags=["stable"])
+    pull_named(endpoint, "team/web", "stable", dest)  # without prune: one's manifest and config stay
+    again = pull_named(endpoint, "team/web", "stable", dest, prune=True, policy="missing")
+    assert again["changed"] and again["api_calls"] == 0 and again["blobs_removed"] == 2
+    assert _stored(dest) == _digests(images["two"])
+
+
+HOLD_THE_LAYOUT = """
+import os, sys, time
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
+root, ready, go = sys.argv[1], sys.argv[2], sys.argv[3]
+layout = OciLayout(root)
+layout.begin_writing()
+digest = layout.write_blob(b"committed by a pull that has not stored its entry yet")
+open(ready, "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(digest)
+"""
+
+
+def _release(worker, go):
+    """Let the worker finish, and never leave it running."""
+    go.touch()
+    if worker.poll() is None:
+        worker.kill()
+        worker.communicate()
+
+
+def test_prune_leaves_another_pull_in_progress_alone_and_says_so(stable, tmp_path, monkeypatch):
+    endpoint, images = stable
+    dest, ready, go = tmp_path / "edge", tmp_path / "ready", tmp_path / "go"
+    pull_named(endpoint, "team/web", "stable", dest)
+    sample_images.push_image(endpoint.client(), images["two"], "team/web", tags=["stable"])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    worker = subprocess.Popen([sys.executable, "-c", HOLD_THE_LAYOUT, str(dest), str(ready), str(go)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert worker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        monkeypatch.setattr(pull, "PRUNE_WAIT", 0.5)
+        moved = pull_named(endpoint, "team/web", "stable", dest, prune=True)
+        assert moved["changed"] and moved["digest"] == images["two"].digest  # the pull itself is not held up
+        assert moved["bytes_freed"] == 0 and moved["blobs_removed"] == 0
+        assert len(moved["warnings"]) == 1 and "another run was still writing into it" in moved["warnings"][0]
+        go.touch()
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+    finally:
+        _release(worker, go)
+    store = layout.OciLayout(str(dest))
+    held = b"committed by a pull that has not stored its entry yet"
+    assert store.has_blob(out.strip(), len(held), verify=True)  # the other run's blob was never removed
+    later = pull_named(endpoint, "team/web", "stable", dest, prune=True)  # it is gone without storing an entry
+    assert "warnings" not in later
+    assert later["changed"] and later["blobs_removed"] == 3
+
+
+def test_a_pull_holds_off_prunes_from_before_it_looks_at_the_layout(stable, tmp_path, monkeypatch):
+    endpoint, images = stable
+    dest = tmp_path / "edge"
+    pull_named(endpoint, "team/web", "stable", dest)
+    with open(dest / "index.json", "w", encoding="utf-8") as handle:  # its entry removed: every blob is garbage now
+        json.dump({"schemaVersion": 2, "manifests": []}, handle)
+    seen = []
+    planner = pull._plan
+
+    def plan_then_prune(*args):
+        planned = planner(*args)  # this run is about to find every blob it needs present, and rely on them
+        seen.append(layout.OciLayout(str(dest)).prune(wait=0.2))
+        return planned
+
+    monkeypatch.setattr(pull, "_plan", plan_then_prune)
+    again = pull_named(endpoint, "team/web", "stable", dest)
+    assert seen[0].removed == () and seen[0].skipped
+    assert again["changed"] and again["bytes_transferred"] == 0
+    assert {layer["action"] for layer in again["layers"]} == {"present"}
+    store = layout.OciLayout(str(dest))
+    for blob in images["one"].blob_descriptors():
+        assert store.has_blob(blob.digest, blob.size, verify=True)
+    assert store.prune(wait=0.2).removed == ()  # the run is over, and its image is referenced again
+
+
+def test_prune_is_for_layouts_only(tmp_path):
+    for dest_format in ("oci-archive", "docker-archive", "containerd"):
+        opts = _checked_options(tmp_path, dest_format=dest_format, prune=True)
+        assert not opts.prune and any("prune applies to format oci only" in warning for warning in opts.warnings)
+    assert _checked_options(tmp_path, prune=True).prune

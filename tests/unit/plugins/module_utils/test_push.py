@@ -704,3 +704,61 @@ def test_a_fifo_swapped_in_for_a_blob_fails_without_hanging(ecr_endpoint, built,
     assert reports == ["ok"]
     assert len(outcome) == 1 and getattr(outcome[0], "code", None) == "source_changed", outcome
     assert layer.digest in str(outcome[0])
+
+
+def test_image_tag_mutability_that_differs_from_an_existing_repository_warns(ecr_endpoint, built):
+    """Issue 12: the option did nothing, silently, for a repository that already existed."""
+    source, dummy = built
+    created = run(ecr_endpoint, source, image_tag_mutability="MUTABLE")
+    assert created["repository_created"] and "warnings" not in created
+    ecr_endpoint.reset_stats()
+    result = run(ecr_endpoint, source, image_tag_mutability="IMMUTABLE")
+    assert not result["changed"]  # idempotent: nothing moved, nothing was changed
+    assert result["warnings"] == [
+        f"The repository 'team/app' already exists with image tag mutability MUTABLE; image_tag_mutability IMMUTABLE "
+        f"applies only to a repository this task creates, so nothing was changed. To change it: aws ecr "
+        f"put-image-tag-mutability --registry-id {ecr_endpoint.account_id} --region {ecr_endpoint.region} "
+        "--repository-name team/app --image-tag-mutability IMMUTABLE"]
+    assert result["api_calls"] == 2 and ecr_endpoint.api_calls("DescribeRepositories") == 1
+    assert ecr_endpoint.client().describe_repositories()["repositories"][0]["imageTagMutability"] == "MUTABLE"
+    same = run(ecr_endpoint, source, image_tag_mutability="MUTABLE")
+    assert not same["changed"] and "warnings" not in same
+    assert "warnings" not in run(ecr_endpoint, source)  # not given: not compared, no extra call
+
+
+def test_immutable_tag_error_names_every_tag_that_cannot_move(ecr_endpoint, tmp_path):
+    source = str(tmp_path / "src")
+    first = sample_images.build_random_image(source, "a", count=1, size=MIB, seed="a")
+    second = sample_images.build_random_image(source, "b", count=1, size=MIB, seed="b")
+    run(ecr_endpoint, source, src_tag="a", tags=["latest", "stable"], image_tag_mutability="IMMUTABLE")
+    ecr_endpoint.reset_stats()
+    with pytest.raises(push.ImmutableTagError) as caught:
+        run(ecr_endpoint, source, src_tag="b", tags=["latest", "new", "stable"])
+    message = str(caught.value)
+    assert message == (f"The tags '1.0' (at {first.digest}), 'latest' (at {first.digest}), 'stable' (at {first.digest}) in "
+                       f"the immutable repository 'team/app' point at other images; none of them can be moved to "
+                       f"{second.digest}. Push under new tags.")
+    assert ecr_endpoint.api_calls("InitiateLayerUpload") == 0 and ecr_endpoint.api_calls("PutImage") == 0
+
+
+def test_containerd_options_with_another_src_format_warn(ecr_endpoint, built):
+    source, dummy = built
+    plain = push.PushOptions.from_params(ref=ref_for(ecr_endpoint), src=source)
+    assert plain.warnings == () and plain.containerd_namespace == containerd.DEFAULT_NAMESPACE
+    assert plain.containerd_address == containerd.DEFAULT_ADDRESS
+    result = run(ecr_endpoint, source, containerd_namespace="k8s.io", containerd_ctr_path="/usr/bin/ctr")
+    assert result["changed"]
+    assert result["warnings"] == ["containerd_namespace, containerd_ctr_path apply only to src_format containerd and were "
+                                  "ignored (src_format is oci)."]
+    given = push.PushOptions.from_params(ref=ref_for(ecr_endpoint), src="x/y:1", src_format="containerd",
+                                         containerd_namespace="k8s.io", containerd_address="/run/c.sock")
+    assert given.warnings == () and given.containerd_namespace == "k8s.io" and given.containerd_address == "/run/c.sock"
+
+
+def test_results_name_the_repository_and_the_image_as_the_pull_does(ecr_endpoint, built):
+    source, image = built
+    first = run(ecr_endpoint, source)
+    assert first["repository"] == "team/app" and first["previous_digest"] is None
+    assert first["image"] == f"{ecr_endpoint.account_id}.dkr.ecr.{ecr_endpoint.region}.amazonaws.com/team/app@{image.digest}"
+    again = run(ecr_endpoint, source)
+    assert not again["changed"] and again["previous_digest"] == image.digest
