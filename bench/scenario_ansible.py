@@ -165,7 +165,7 @@ def _idempotent(bench: harness.Bench, handle: Any, image: harness.Image, ref: st
 
         def prime_containerd() -> str:
             daemon = bench.containerd()
-            _prime(handle, ref, dest=os.path.join(work, "containerd-staging"), dest_format="containerd",
+            _prime(handle, ref, dest=os.path.join(work, "containerd-staging"), format="containerd",
                    containerd_address=daemon.address)
             return daemon.address
 

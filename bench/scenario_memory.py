@@ -58,7 +58,7 @@ def connect(image_ref):
                           config=Config(**ecr.client_config(image_ref)))
     return ecr.EcrRepository(client, image_ref)
 
-options = pull.PullOptions.from_params(ref=ref, dest=dest, dest_format="oci", max_connections=int(connections),
+options = pull.PullOptions.from_params(ref=ref, dest=dest, format="oci", max_concurrent_downloads=int(connections),
                                        chunk_size=int(chunk_size))
 result = pull.pull(options, connect)
 if result["changed"] != (expect == "changed"):

@@ -33,7 +33,7 @@ import harness
 from harness import MIB, REPOSITORY
 
 # pylint: disable=wrong-import-position,wrong-import-order
-from ansible_collections.ecrkit.images.plugins.module_utils import ecr, pull  # noqa: E402
+from ansible_collections.ecrkit.images.plugins.module_utils import argspec, ecr, pull  # noqa: E402
 from ecr_emu_faults import parse_bytes  # noqa: E402
 
 CAP = "64M"  # per connection, scenario 2
@@ -400,7 +400,7 @@ def _pull_to_layout(bench: harness.Bench, handle: Any, registry: harness.Registr
     ref = bench.ecr_ref(handle, image)
     attempt(bench, "1", case, OURS, lambda: _measure_layout(
         bench, case, OURS, image, "ours", lambda dest: ours_pull(handle, ref, image, dest), warmup=True, reference=True,
-        connections=pull.PullOptions.max_connections))
+        connections=argspec.MAX_CONCURRENT_DOWNLOADS))
     attempt(bench, "1", case, OURS_ANSIBLE, lambda: _measure_layout(
         bench, case, OURS_ANSIBLE, image, "ansible", lambda dest: ansible_pull(bench, handle, ref, image, dest)))
     # curl's run checks every blob itself, in the timing
@@ -429,7 +429,7 @@ def _pull_to_containerd(bench: harness.Bench, handle: Any, registry: harness.Reg
             store.empty(image)
             os.makedirs(scratch.next())
         attempt(bench, "1", case, OURS_CONTAINERD, lambda: measure(
-            OURS_CONTAINERD, ours_pull(handle, ref, image, lambda: scratch.path, dest_format="containerd",
+            OURS_CONTAINERD, ours_pull(handle, ref, image, lambda: scratch.path, format="containerd",
                                        containerd_address=daemon.address, containerd_namespace=NAMESPACE, unpack=True),
             ours_setup, reference=True))
     attempt(bench, "1", case, CTR, lambda: measure(
@@ -451,7 +451,7 @@ def scenario_2(bench: harness.Bench) -> None:
 
             def ceiling(connections: int = connections, tool: str = tool) -> float:
                 run = ours_pull(uncapped, bench.ecr_ref(uncapped, image), image, lambda: scratch.path,
-                                max_connections=connections, chunk_size=chunk)
+                                max_concurrent_downloads=connections, chunk_size=chunk)
                 stats = bench.measure(run, setup=scratch.next)
                 verify_layout(scratch.path, image)
                 entry = bench.record("2", ceiling_case, tool, stats, image.size, connections=connections,
@@ -471,7 +471,7 @@ def scenario_2(bench: harness.Bench) -> None:
             ideal = min(connections * cap, best) if best else connections * cap
             attempt(bench, "2", case, tool, lambda connections=connections, tool=tool, ideal=ideal: _measure_capped(
                 bench, case, tool, image, scratch,
-                ours_pull(capped, ref, image, lambda: scratch.path, max_connections=connections, chunk_size=chunk),
+                ours_pull(capped, ref, image, lambda: scratch.path, max_concurrent_downloads=connections, chunk_size=chunk),
                 connections=connections, chunk_size=chunk, ideal_mib_per_s=ideal, cpu_ceiling_mib_per_s=best or None,
                 cap_mib_per_s=cap))
 

@@ -29,7 +29,7 @@ from harness import MIB
 from scenario_pull import BenchError, attempt, connector, registry_manifest_digest
 
 # pylint: disable=wrong-import-position,wrong-import-order
-from ansible_collections.ecrkit.images.plugins.module_utils import push, transfer  # noqa: E402
+from ansible_collections.ecrkit.images.plugins.module_utils import push, upload  # noqa: E402
 from ecr_emu_model import ECR_PART_SIZE  # noqa: E402
 
 CEILING_THREADS = (1, 4)
@@ -54,7 +54,7 @@ def _answer(request: Any, **dummy: Any) -> AWSResponse:
 
 def part_size() -> int:
     """The part size ours uploads with on the emulator (its InitiateLayerUpload partSize, clamped as ours does)."""
-    return min(max(ECR_PART_SIZE, transfer.ECR_MIN_PART_SIZE), transfer.ECR_MAX_PART_SIZE)
+    return min(max(ECR_PART_SIZE, upload.ECR_MIN_PART_SIZE), upload.ECR_MAX_PART_SIZE)
 
 
 def ceiling_run(threads: int, parts: int) -> Callable[[], None]:

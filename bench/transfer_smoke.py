@@ -39,7 +39,8 @@ sys.path.insert(0, ROOT if os.path.basename(os.path.dirname(os.path.dirname(COLL
                 else os.path.join(COLLECTION, ".build"))
 
 # pylint: disable=wrong-import-position
-from ansible_collections.ecrkit.images.plugins.module_utils import transfer  # noqa: E402
+from ansible_collections.ecrkit.images.plugins.module_utils import download  # noqa: E402
+from ansible_collections.ecrkit.images.plugins.module_utils.pool import TransferPool  # noqa: E402
 
 import urllib3  # noqa: E402
 
@@ -65,8 +66,8 @@ def measure(run, repeat):
 def engine_run(url_for, desc, out, connections, chunk_size, verify):
     def run():
         path = os.path.join(out, "engine.partial")
-        with transfer.TransferPool(connections, verify=verify) as pool:
-            result, = transfer.download_blobs(pool, [transfer.BlobJob(desc.digest, desc.size, path, url_for)],
+        with TransferPool(connections, verify=verify) as pool:
+            result, = download.download_blobs(pool, [download.BlobJob(desc.digest, desc.size, path, url_for)],
                                               chunk_size=chunk_size)
         assert result.bytes_transferred == desc.size
         os.unlink(path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # The options both modules take to reach containerd (the containerd format of the pull and the push).
+    # The options both modules take to reach containerd (the containerd format of the pull and the push;
+    # argument spec: module_utils/argspec.py SHARED_OPTIONS).
     DOCUMENTATION = r"""
 options:
   containerd_namespace:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # The retry option both modules take (module_utils/ecr.py RetryPolicy and check_max_attempts).
+    # The retry option both modules take (module_utils/retry.py RetryPolicy and check_max_attempts).
     DOCUMENTATION = r"""
 options:
   max_attempts:

@@ -33,7 +33,6 @@ the next run picks up from there. An index keeps references to all its platforms
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from typing import IO, ContextManager, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
+from ansible_collections.ecrkit.images.plugins.module_utils.digest import DIGEST_RE, matches as digest_matches, of_bytes as digest_of_bytes
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import IMAGE_NAME_ANNOTATION
 
@@ -61,7 +61,7 @@ CTR_DIRECTORIES = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
 # What each kind of value on ctr's command line must be (always matched whole, ASCII only).
 _DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 _PATH_PART = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_DIGEST = r"sha256:[0-9a-f]{64}"
+_DIGEST = DIGEST_RE.pattern
 # the reference grammar of container image names, with ECR's tag rule (up to 300 characters)
 _IMAGE_NAME = (rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]{{1,5}})?/)?{_PATH_PART}(?:/{_PATH_PART})*"
                rf"(?::[A-Za-z0-9_.-]{{1,300}})?(?:@{_DIGEST})?")
@@ -278,7 +278,7 @@ class Containerd:
             if len(data) > max_size:
                 raise ContainerdError(f"The blob {digest} in containerd is larger than {max_size} bytes; it is not a manifest or config.")
             stream.read()
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if not digest_matches(data, digest):
             raise ContainerdError(f"containerd returned bytes for {digest} that do not hash to it; check its content store.")
         return data
 
@@ -448,7 +448,7 @@ def chain_ids(diff_ids: object) -> List[str]:
         if not chain:
             chain.append(diff_id)
         else:
-            chain.append("sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode("ascii")).hexdigest())
+            chain.append(digest_of_bytes(f"{chain[-1]} {diff_id}".encode("ascii")))
     return chain
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Any
+from typing import Any, BinaryIO
 
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 
@@ -49,16 +49,39 @@ def of_bytes(data: bytes) -> str:
     return f"{ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
 
 
+class Hasher:
+    """The digest of bytes that arrive in pieces (a stream hashed while it is copied or sent)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.new(ALGORITHM)
+
+    def update(self, data: bytes) -> None:
+        """Add the next piece."""
+        self._sha.update(data)
+
+    def digest(self) -> str:
+        """The digest of every piece so far."""
+        return f"{ALGORITHM}:{self._sha.hexdigest()}"
+
+
 def of_fd(fd: int) -> str:
     """The digest of everything in the open file ``fd`` (read with pread: its offset is left alone)."""
-    hasher = hashlib.sha256()
+    hasher = Hasher()
     offset = 0
     while True:
         chunk = os.pread(fd, _CHUNK, offset)
         if not chunk:
-            return f"{ALGORITHM}:{hasher.hexdigest()}"
+            return hasher.digest()
         hasher.update(chunk)
         offset += len(chunk)
+
+
+def of_stream(stream: BinaryIO) -> str:
+    """The digest of what is left to read in ``stream``."""
+    hasher = Hasher()
+    for chunk in iter(lambda: stream.read(_CHUNK), b""):
+        hasher.update(chunk)
+    return hasher.digest()
 
 
 def matches(data: bytes, digest: str) -> bool:

@@ -9,8 +9,8 @@ else imports boto3 or botocore. It does three jobs:
 - error translation: an ECR error code becomes an :class:`EcrkitError` subclass whose message says, in
   the operator's terms, what was wrong and what to do (and never carries a URL or a credential);
 - the retry policy: ``ThrottlingException``, ``ServerException`` and dropped connections are retried
-  with full-jitter exponential backoff (as amazon.aws's ``jittered_backoff``), bounded by
-  :class:`RetryPolicy`, and every call and retry is counted so results can report them.
+  with full-jitter exponential backoff, bounded by :class:`~retry.RetryPolicy`, and every call and
+  retry is counted so results can report them.
 
 botocore's own retries are switched off for this client (see :func:`client_config`), so the counts are
 the real number of requests.
@@ -19,10 +19,8 @@ the real number of requests.
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 try:
@@ -32,8 +30,9 @@ except ImportError:  # AnsibleAWSModule reports a missing botocore to the user
     BotoCoreError = ClientError = BotoConnectionError = HTTPClientError = Exception  # type: ignore[misc,assignment]
     NoCredentialsError = PartialCredentialsError = Exception  # type: ignore[misc,assignment]
 
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, InvalidOptionError
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import ImageRef
+from ansible_collections.ecrkit.images.plugins.module_utils.retry import RetryPolicy
 
 
 class EcrApiError(EcrkitError):
@@ -97,28 +96,6 @@ ACCESS_DENIED_CODES = frozenset(("AccessDeniedException", "AccessDenied", "Unaut
 MAX_LAYER_DIGESTS_PER_CHECK = 100  # BatchCheckLayerAvailability's limit
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How transient ECR errors are retried: full-jitter exponential backoff.
-
-    ``attempts`` counts the first try: ``attempts=1`` means no retry. The n-th retry sleeps a random
-    time between 0 and ``min(max_delay, base_delay * 2**n)`` seconds.
-    """
-
-    attempts: int = 10
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-
-    def delay(self, retry_number: int, rng: Callable[[float, float], float] = random.uniform) -> float:
-        return rng(0.0, min(self.max_delay, self.base_delay * (2 ** retry_number)))
-
-
-def check_max_attempts(max_attempts: int) -> None:
-    """The max_attempts option of both modules: 1 (no retry) to 50."""
-    if not 1 <= max_attempts <= 50:
-        raise InvalidOptionError(f"max_attempts must be between 1 and 50, not {max_attempts}.")
-
-
 def client_config(ref: ImageRef) -> dict[str, Any]:
     """botocore client settings for ``ref``: our retry loop instead of botocore's, and the endpoint
     variant (FIPS, dual-stack) the reference's registry host names."""
@@ -158,17 +135,6 @@ def _error_message(exc: BaseException) -> str:
     return str(exc).rstrip(".")
 
 
-_sending = threading.local()
-
-
-def _before_send(**dummy: Any) -> None:
-    """botocore's ``before-send`` event for UploadLayerPart, in the calling thread, once the request is
-    built and signed: the caller's ``wait_before_sending`` holds it there (see upload_layer_part)."""
-    wait = getattr(_sending, "wait", None)
-    if wait is not None:
-        wait()
-
-
 class EcrRepository:
     """The ECR API calls on one repository, with retries, counting and error translation."""
 
@@ -182,10 +148,7 @@ class EcrRepository:
         self._lock = threading.Lock()
         self.api_calls = 0
         self.retries = 0
-        events = getattr(getattr(client, "meta", None), "events", None)
-        self._hooked = events is not None
-        if events is not None:
-            events.register("before-send.ecr.UploadLayerPart", _before_send, unique_id="ecrkit-before-send")
+        self._events = getattr(getattr(client, "meta", None), "events", None)  # None: a test double
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -201,6 +164,17 @@ class EcrRepository:
             self.api_calls += 1
             if retry:
                 self.retries += 1
+
+    def hook_before_send(self, operation: str, handler: Callable[..., None]) -> bool:
+        """Have botocore call ``handler(**event)`` in the calling thread once a request of ``operation``
+        (the boto3 method name) is built and signed, just before it is sent (again before each retry),
+        ahead of any other handler of that event. Registering the same handler again changes nothing.
+        False when the client has no botocore events (a test double): the caller does without."""
+        if self._events is None:
+            return False
+        self._events.register_first(f"before-send.ecr.{_api_name(operation)}", handler,
+                                    unique_id=f"ecrkit-{handler.__module__}.{handler.__qualname__}")
+        return True
 
     def call(self, operation: str, required: Sequence[str] = (), **params: Any) -> dict[str, Any]:
         """Call ``operation`` (the boto3 method name) with retries; translate the final error.
@@ -391,23 +365,13 @@ class EcrRepository:
         answer = self.call("initiate_layer_upload", required=("uploadId", "partSize"), **self._params())
         return str(answer["uploadId"]), int(answer["partSize"])
 
-    def upload_layer_part(self, upload_id: str, first: int, last: int, data: bytes,
-                          wait_before_sending: Callable[[], None] | None = None) -> None:
+    def upload_layer_part(self, upload_id: str, first: int, last: int, data: bytes) -> None:
         """UploadLayerPart of the bytes ``first``..``last`` (inclusive).
-
-        ``wait_before_sending`` is called once the request is built and signed, just before it is
-        sent (again before each retry): ECR takes a layer's parts only in order, so a caller builds
-        the next part while the previous one is still on its way, and waits here for it to be in.
-        Whatever it raises ends the call.
 
         A retry of a part whose first attempt ECR did receive (the answer was lost) meets
         ``InvalidLayerPartException`` with ``lastValidByteReceived`` at the part's last byte: the part is
         in, and CompleteLayerUpload still checks every byte against the layer's digest.
         """
-        if wait_before_sending is not None and not self._hooked:
-            wait_before_sending()  # a client without botocore's events (a test double)
-            wait_before_sending = None
-        _sending.wait = wait_before_sending
         try:
             self.call("upload_layer_part", **self._params(uploadId=upload_id, partFirstByte=first, partLastByte=last,
                                                           layerPartBlob=data))
@@ -415,8 +379,6 @@ class EcrRepository:
             if exc.aws_code == "InvalidLayerPartException" and exc.last_valid_byte == last:
                 return
             raise
-        finally:
-            _sending.wait = None
 
     def complete_layer_upload(self, upload_id: str, digest: str) -> bool:
         """CompleteLayerUpload; True when the layer was stored, False when ECR already had it

@@ -51,7 +51,6 @@ import contextlib
 import copy
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -62,7 +61,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from ansible_collections.ecrkit.images.plugins.module_utils import hostfs, manifest
+from ansible_collections.ecrkit.images.plugins.module_utils import hostfs, manifest, manifest_parser
+from ansible_collections.ecrkit.images.plugins.module_utils.digest import (
+    digest_hex, matches as digest_matches, of_bytes as digest_of_bytes, of_fd as digest_of_fd)
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, NotWritableError, storage_error
 
 OCI_LAYOUT_FILE = "oci-layout"
@@ -105,9 +106,7 @@ PUBLIC_DIR_MODE = 0o755
 """Directories of a layout: never group-writable, whatever the umask, so that the next run trusts them."""
 PUBLIC_FILE_MODE = 0o644
 
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
-_CHUNK = 1 << 20
 
 
 class LayoutError(EcrkitError):
@@ -140,10 +139,11 @@ class CorruptIndexError(LayoutError):
     code = "corrupt_index"
 
 
-class InvalidDigestError(LayoutError):
-    """A digest that is not ``sha256:`` + 64 lowercase hex digits, or a size that is not a count of bytes."""
+class InvalidDescriptorError(LayoutError):
+    """A descriptor that is not an object with a ``mediaType``, or a size that is not a count of bytes
+    (a bad digest is :class:`~.digest.InvalidDigestError`)."""
 
-    code = "invalid_digest"
+    code = "invalid_descriptor"
 
 
 class BlobNotFoundError(LayoutError):
@@ -168,40 +168,25 @@ class PartialBlob:
     journal: bool
 
 
-def is_digest(value: Any) -> bool:
-    """Whether ``value`` is ``sha256:`` and 64 lowercase hex digits."""
-    return isinstance(value, str) and bool(_DIGEST_RE.fullmatch(value))
-
-
-def digest_hex(digest: Any) -> str:
-    """Return the hex part of a ``sha256:<64 lowercase hex>`` digest; raise InvalidDigestError otherwise."""
-    if isinstance(digest, str) and _DIGEST_RE.fullmatch(digest):
-        return digest[7:]
-    shown = repr(digest) if not isinstance(digest, str) or len(digest) <= 100 else repr(digest[:100]) + "..."
-    if isinstance(digest, str) and ":" in digest and not digest.startswith("sha256:"):
-        raise InvalidDigestError(f"Digest {shown} uses an algorithm this collection does not support; only sha256 is.")
-    raise InvalidDigestError(f"{shown} is not a valid digest: expected sha256: followed by 64 lowercase hex digits.")
-
-
 def check_size(size: Any, what: str = "a blob") -> int:
-    """Return ``size`` when it is a non-negative int (not a bool); raise InvalidDigestError otherwise."""
+    """Return ``size`` when it is a non-negative int (not a bool); raise InvalidDescriptorError otherwise."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidDigestError(f"The size of {what} must be a whole number of bytes, not {size!r}.")
+        raise InvalidDescriptorError(f"The size of {what} must be a whole number of bytes, not {size!r}.")
     return size
 
 
 def check_descriptor(value: Any, where: str = "a descriptor") -> dict[str, Any]:
     """Validate an OCI descriptor (``mediaType``, ``digest``, ``size``); return a deep copy of it."""
     if not isinstance(value, dict):
-        raise InvalidDigestError(f"{_cap(where)} must be a JSON object, not {type(value).__name__}.")
+        raise InvalidDescriptorError(f"{_cap(where)} must be a JSON object, not {type(value).__name__}.")
     media_type = value.get("mediaType")
     if not isinstance(media_type, str) or not media_type:
-        raise InvalidDigestError(f"{_cap(where)} has no mediaType.")
+        raise InvalidDescriptorError(f"{_cap(where)} has no mediaType.")
     digest_hex(value.get("digest"))
     check_size(value.get("size"), f"{value.get('digest')} in {where}")
     annotations = value.get("annotations")
     if annotations is not None and not isinstance(annotations, dict):
-        raise InvalidDigestError(f"The annotations of {where} must be a JSON object.")
+        raise InvalidDescriptorError(f"The annotations of {where} must be a JSON object.")
     return copy.deepcopy(value)
 
 
@@ -307,17 +292,6 @@ def _unlink_quiet(path: str) -> bool:
 
 def _stamp(info: os.stat_result) -> bytes:
     return f"{info.st_ino} {info.st_size} {info.st_mtime_ns} {info.st_ctime_ns}\n".encode("ascii")
-
-
-def _sha256_fd(fd: int) -> str:
-    hasher = hashlib.sha256()
-    offset = 0
-    while True:
-        chunk = os.pread(fd, _CHUNK, offset)
-        if not chunk:
-            return "sha256:" + hasher.hexdigest()
-        hasher.update(chunk)
-        offset += len(chunk)
 
 
 def _flock(path: str, timeout: float, what: str, shared: bool = False) -> int:
@@ -642,7 +616,7 @@ class OciLayout:
     # blobs -----------------------------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> str:
-        """``<root>/blobs/sha256/<hex>`` for a valid sha256 digest (InvalidDigestError otherwise)."""
+        """``<root>/blobs/sha256/<hex>`` for a valid sha256 digest (:class:`~.digest.InvalidDigestError` otherwise)."""
         return os.path.join(self.root, BLOBS_DIR, "sha256", digest_hex(digest))
 
     def blob_status(self, digest: str, size: int, verify: bool = False) -> str:
@@ -667,7 +641,7 @@ class OciLayout:
             return BLOB_SIZE_MISMATCH
         if verify:
             with self.open_blob(digest) as handle:
-                if _sha256_fd(handle.fileno()) != digest:
+                if digest_of_fd(handle.fileno()) != digest:
                     return BLOB_DIGEST_MISMATCH
         return BLOB_PRESENT
 
@@ -746,7 +720,7 @@ class OciLayout:
             if size > max_size:
                 raise BlobMismatchError(f"Blob {digest} in {self.root} is larger than {max_size} bytes, too large for a manifest or config.")
             data = handle.read(size + 1)  # not read(max_size): that would allocate max_size up front
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if not digest_matches(data, digest):
             raise BlobMismatchError(f"Blob {digest} in {self.root} does not hash to its digest; it was altered on disk.")
         return data
 
@@ -759,7 +733,7 @@ class OciLayout:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("write_blob() takes bytes")
         data = bytes(data)
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = digest_of_bytes(data)
         if expected_digest is not None:
             digest_hex(expected_digest)
             if expected_digest != digest:
@@ -1115,7 +1089,7 @@ class OciLayout:
         where = self._path(INDEX_FILE)
 
         def fetch(descriptor: manifest.Descriptor) -> manifest.ManifestDocument:
-            return manifest.parse_referenced(descriptor, self.read_blob(descriptor.digest), descriptor.media_type)
+            return manifest_parser.parse_referenced(descriptor, self.read_blob(descriptor.digest), descriptor.media_type)
 
         referenced: set[str] = set()
         for entry in entries:
@@ -1141,7 +1115,7 @@ class OciLayout:
         if not os.path.lexists(self.blob_path(digest)):
             return None  # a dangling entry: there is nothing stored below it to keep
         try:
-            return manifest.parse_manifest(self.read_blob(digest), media_type if readable else None, digest)
+            return manifest_parser.parse_manifest(self.read_blob(digest), media_type if readable else None, digest)
         except manifest.Schema1ManifestError:
             raise
         except EcrkitError:

@@ -41,8 +41,8 @@ Grammar decisions and their sources:
   report: "must satisfy regular expression '[a-zA-Z0-9-_.]+'"). This is
   wider than the OCI/Docker tag grammar ``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`` (at most 128 characters,
   no leading ``.`` or ``-``): such tags exist in ECR and must be pullable through its API, but Docker
-  and containerd cannot name them, so :func:`is_oci_tag` tells code that writes a tag into an OCI
-  layout, archive or containerd store whether it fits there.
+  and containerd cannot name them (a docker-archive's ``RepoTags`` entry is checked against that
+  grammar where it is written; an OCI layout's ``ref.name`` takes any tag).
 - Digest: ``sha256:`` and 64 lowercase hex digits (the OCI image spec's form for sha256; ECR's
   ``imageDigest`` is "the sha256 digest of the image manifest"). Other algorithms are rejected.
 - Account: 12 digits (``RegistryId`` pattern ``[0-9]{12}`` in the model).
@@ -65,6 +65,7 @@ import dataclasses
 import re
 from typing import NamedTuple
 
+from ansible_collections.ecrkit.images.plugins.module_utils.digest import ANY_DIGEST_RE, is_digest
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidReferenceError
 
 
@@ -118,9 +119,6 @@ _REPOSITORY_RE = re.compile(_COMPONENT + r"(?:/" + _COMPONENT + r")*")
 _REPOSITORY_MIN, _REPOSITORY_MAX = 2, 256
 _TAG_RE = re.compile(r"[A-Za-z0-9._-]+")
 _TAG_MAX = 300
-_OCI_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-_ANY_DIGEST_RE = re.compile(r"(?P<algorithm>[a-z0-9]+(?:[+._-][a-z0-9]+)*):[A-Za-z0-9=_-]+")
 # ACCOUNT.KIND.REGION.SUFFIX; each part is checked on its own afterwards, for a precise message.
 _HOST_RE = re.compile(r"(?P<account>[^./]+)\.(?P<kind>dkr\.ecr-fips|dkr\.ecr|dkr-ecr-fips|dkr-ecr)\.(?P<region>[^./]+)\.(?P<suffix>[^/]+)")
 _ARN_PREFIX = "ecr.aws/"
@@ -158,16 +156,6 @@ def partition_for_region(region: str) -> str | None:
     if _PARTITION_REGION_RES["aws"].fullmatch(region):
         return "aws"
     return None
-
-
-def is_oci_tag(tag: str) -> bool:
-    """Whether ``tag`` also fits the OCI/Docker tag grammar ``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``.
-
-    ECR accepts longer tags and tags that start with ``.`` or ``-``; an OCI layout's
-    ``org.opencontainers.image.ref.name``, a docker-archive's ``RepoTags`` and a containerd image name
-    need the narrower form.
-    """
-    return isinstance(tag, str) and _OCI_TAG_RE.fullmatch(tag) is not None
 
 
 def _check_account(account: object, reference: str | None) -> str:
@@ -210,14 +198,14 @@ def _check_tag(tag: object, reference: str | None) -> str:
 
 
 def _check_digest(digest: object, reference: str | None) -> str:
-    if isinstance(digest, str) and _DIGEST_RE.fullmatch(digest):
+    if is_digest(digest):
         return digest
     if not isinstance(digest, str) or not digest:
         raise _fail(reference, f"the digest is empty; {DIGEST_RULE}")
-    shaped = _ANY_DIGEST_RE.fullmatch(digest)
+    shaped = ANY_DIGEST_RE.fullmatch(digest)
     if shaped and shaped.group("algorithm") != "sha256":
         raise _fail(reference, f"the digest {_quote(digest)} uses {shaped.group('algorithm')}; only sha256 digests are supported ({DIGEST_RULE})")
-    if shaped and _DIGEST_RE.fullmatch(digest.lower()):
+    if shaped and is_digest(digest.lower()):
         raise _fail(reference, f"the digest {_quote(digest)} has uppercase hexadecimal digits; write it in lowercase: {digest.lower()}")
     raise _fail(reference, f"the digest {_quote(digest)} is not valid; {DIGEST_RULE}")
 

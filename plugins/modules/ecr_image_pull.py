@@ -340,51 +340,43 @@ blobs_removed:
   returned: when O(prune=true) and O(format=oci)
   type: int
   sample: 4
+error_code:
+  description:
+    - Why the pull failed, as a short stable name for C(failed_when), C(until) or a rescue to match on (C(msg)
+      says it in a sentence; the collection's README says what each code means). One of V(invalid_option),
+      V(invalid_reference), V(invalid_platform), V(platform_not_found), V(credentials), V(access_denied),
+      V(endpoint_unreachable), V(repository_not_found), V(image_not_found), V(layer_not_found),
+      V(ecr_api_error), V(invalid_manifest), V(digest_mismatch), V(unsupported_manifest), V(schema1_manifest),
+      V(foreign_layer), V(invalid_digest), V(invalid_descriptor), V(transfer_failed), V(blob_http_error),
+      V(blob_access_denied), V(redirect_refused), V(blob_verification_failed), V(transfer_cancelled),
+      V(storage_error), V(disk_full), V(not_writable), V(untrusted_path), V(path_missing), V(layout_error),
+      V(not_an_oci_layout), V(layout_symlink), V(lock_timeout), V(corrupt_index), V(blob_not_found),
+      V(blob_mismatch), V(archive_error), V(invalid_archive), V(unsafe_archive), V(archive_too_large),
+      V(containerd_error), V(containerd_not_installed), V(containerd_socket_missing),
+      V(containerd_permission_denied), V(containerd_unknown_namespace), V(containerd_invalid_value),
+      V(containerd_ctr_untrusted), V(ecrkit_error).
+  returned: on failure
+  type: str
+  sample: image_not_found
 """
 
 from ansible.module_utils.common.warnings import warn
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.ecrkit.images.plugins.module_utils.argspec import pull_argument_spec
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import blob_tls_verify, connect, explicit_region
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.pull import PullOptions, apply_file_attributes, pull
 
 
 def main() -> None:
-    module = AnsibleAWSModule(
-        argument_spec=dict(
-            ref=dict(type="str", required=True),
-            dest=dict(type="path"),
-            format=dict(type="str", default="oci", choices=["oci", "oci-archive", "docker-archive", "containerd"]),
-            platform=dict(type="str"),
-            all_platforms=dict(type="bool", default=False),
-            pull=dict(type="str", default="always", choices=["always", "missing"]),
-            max_concurrent_downloads=dict(type="int", default=8),
-            chunk_size=dict(type="str", default="16MiB"),
-            ranged_downloads=dict(type="bool", default=True),
-            containerd_namespace=dict(type="str"),  # None: "default"; given with another format: a warning
-            containerd_address=dict(type="path"),  # None: /run/containerd/containerd.sock
-            containerd_ctr_path=dict(type="str"),
-            unpack=dict(type="bool"),  # None: true
-            max_attempts=dict(type="int", default=10),
-            download_timeout=dict(type="int", default=60),
-            prune=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
-        add_file_common_args=True,
-    )
+    module = AnsibleAWSModule(argument_spec=pull_argument_spec(), supports_check_mode=True, add_file_common_args=True)
     params = module.params
     try:
-        options = PullOptions.from_params(
-            ref=params["ref"], dest=params["dest"], dest_format=params["format"], platform=params["platform"],
-            all_platforms=params["all_platforms"], policy=params["pull"], region=explicit_region(params["region"]),
-            max_connections=params["max_concurrent_downloads"], chunk_size=params["chunk_size"],
-            ranged=params["ranged_downloads"], tls_verify=blob_tls_verify(params), check_mode=module.check_mode,
-            containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"],
-            containerd_ctr_path=params["containerd_ctr_path"], mode=params["mode"],
-            unpack=params["unpack"], max_attempts=params["max_attempts"], download_timeout=params["download_timeout"],
-            prune=params["prune"])
+        options = PullOptions.from_params(**{name: params[name] for name in pull_argument_spec()}, mode=params["mode"],
+                                          region=explicit_region(params["region"]), tls_verify=blob_tls_verify(params),
+                                          check_mode=module.check_mode)
         result = pull(options, lambda ref: connect(module, ref, options.api_retry))
         if apply_file_attributes(options, lambda path: module.set_fs_attributes_if_different(
                 module.load_file_common_arguments(params, path=path), False, result.get("diff"))):

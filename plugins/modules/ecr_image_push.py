@@ -229,45 +229,39 @@ retries:
   returned: always
   type: int
   sample: 0
+error_code:
+  description:
+    - Why the push failed, in a stable word or two that C(failed_when), C(until) or a rescue can match; C(msg)
+      is the sentence. The collection's README explains each code. One of V(invalid_option),
+      V(invalid_reference), V(credentials), V(access_denied), V(endpoint_unreachable),
+      V(repository_not_found), V(ecr_api_error), V(layer_refused), V(invalid_source), V(immutable_tag),
+      V(empty_blob), V(source_changed), V(invalid_manifest), V(digest_mismatch), V(unsupported_manifest),
+      V(invalid_digest), V(invalid_descriptor), V(transfer_cancelled), V(storage_error), V(not_writable),
+      V(untrusted_path), V(invalid_archive), V(unsafe_archive), V(archive_too_large), V(archive_error),
+      V(containerd_error), V(containerd_not_installed), V(containerd_socket_missing),
+      V(containerd_permission_denied), V(containerd_unknown_namespace), V(containerd_unknown_image),
+      V(containerd_invalid_value), V(containerd_ctr_untrusted), V(ecrkit_error).
+  returned: on failure
+  type: str
+  sample: immutable_tag
 """
 
 from ansible.module_utils.common.warnings import warn
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.ecrkit.images.plugins.module_utils.argspec import push_argument_spec
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import connect, explicit_region
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.push import PushOptions, push
 
 
 def main() -> None:
-    module = AnsibleAWSModule(
-        argument_spec=dict(
-            ref=dict(type="str", required=True),
-            tags=dict(type="list", elements="str", default=[]),
-            src=dict(type="str", required=True),
-            src_format=dict(type="str", default="oci", choices=["oci", "oci-archive", "docker-archive", "containerd"]),
-            src_tag=dict(type="str"),
-            create_repository=dict(type="bool", default=False),
-            image_tag_mutability=dict(type="str", choices=["MUTABLE", "IMMUTABLE"]),
-            max_concurrent_uploads=dict(type="int", default=4),
-            containerd_namespace=dict(type="str"),  # None: "default"; given with another format: a warning
-            containerd_address=dict(type="path"),  # None: /run/containerd/containerd.sock
-            containerd_ctr_path=dict(type="str"),
-            max_attempts=dict(type="int", default=10),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleAWSModule(argument_spec=push_argument_spec(), supports_check_mode=True)
     params = module.params
     try:
-        options = PushOptions.from_params(
-            ref=params["ref"], src=params["src"], src_format=params["src_format"], src_tag=params["src_tag"],
-            tags=params["tags"], create_repository=params["create_repository"],
-            image_tag_mutability=params["image_tag_mutability"], region=explicit_region(params["region"]),
-            max_concurrent_uploads=params["max_concurrent_uploads"], check_mode=module.check_mode,
-            containerd_namespace=params["containerd_namespace"], containerd_address=params["containerd_address"],
-            containerd_ctr_path=params["containerd_ctr_path"],
-            max_attempts=params["max_attempts"])
+        options = PushOptions.from_params(**{name: params[name] for name in push_argument_spec()}, region=explicit_region(params["region"]),
+                                          check_mode=module.check_mode)
         result = push(options, lambda ref: connect(module, ref, options.api_retry))
     except EcrkitError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)

@@ -502,8 +502,8 @@ class Destination:
 
 
 def _pull_params(bed: "Bed", image: sample_images.BuiltImage, dest: str, dest_format: str, **overrides: Any) -> Dict[str, Any]:
-    params = {"ref": bed.pull_ref(image.tag or ""), "dest": dest, "dest_format": dest_format, "chunk_size": CHUNK_SIZE,
-              "max_connections": MAX_CONNECTIONS}
+    params = {"ref": bed.pull_ref(image.tag or ""), "dest": dest, "format": dest_format, "chunk_size": CHUNK_SIZE,
+              "max_concurrent_downloads": MAX_CONNECTIONS}
     params.update(overrides)
     return params
 
@@ -1288,7 +1288,7 @@ def fault_expire(ctx: Context) -> None:
     """Blob URLs expire mid-layer (after a seeded fraction of a second)."""
     # two connections: a blob's third range starts once one of the first two (1 MiB, paced) is done, on the same URL
     fault = {"kind": "expire-urls", "after": round(ctx.rng.uniform(0.005, 0.03), 3), "count": ctx.rng.randint(1, 3)}
-    emulator_fault(ctx, [fault], {"max_connections": 2})
+    emulator_fault(ctx, [fault], {"max_concurrent_downloads": 2})
 
 
 def fault_kill(ctx: Context) -> None:

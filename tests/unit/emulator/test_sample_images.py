@@ -29,13 +29,11 @@ if EMULATOR_DIR not in sys.path:
 import sample_images as si  # noqa: E402  pylint: disable=wrong-import-position
 
 SCRIPT = os.path.join(EMULATOR_DIR, "sample_images.py")
-FIXTURE_PY = os.path.join(EMULATOR_DIR, "fixture.py")
 ALL_MANIFEST_TYPES = [si.OCI_MANIFEST, si.OCI_INDEX, si.DOCKER_MANIFEST, si.DOCKER_MANIFEST_LIST]
 PLATFORMS = ["linux/amd64", "linux/arm64/v8"]
 
 needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
 needs_umoci = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
-needs_emulator = pytest.mark.skipif(not os.path.exists(FIXTURE_PY), reason="tests/emulator/fixture.py (the local ECR endpoint) is not there yet")
 
 
 # helpers -------------------------------------------------------------------------------------------
@@ -539,7 +537,6 @@ def _download(url, ca_bundle=None):
     return "sha256:" + digest.hexdigest(), size
 
 
-@needs_emulator
 @pytest.mark.parametrize("kind", ["demo", "large", "multi", "docker-multi"])
 def test_push_to_emulator(request, tmp_path, kind):
     endpoint = _emulator_endpoint(request, tmp_path)
@@ -581,7 +578,6 @@ def test_push_to_emulator(request, tmp_path, kind):
     assert again["repositoryCreated"] is False
 
 
-@needs_emulator
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed for the emulator's TLS certificate")
 def test_cli_push_over_tls(tmp_path):
     import fixture  # pylint: disable=import-outside-toplevel,import-error

@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.ecrkit.images.plugins.module_utils import archive as archive_module
+from ansible_collections.ecrkit.images.plugins.module_utils import tararchive
 from ansible_collections.ecrkit.images.plugins.module_utils.archive import (
     DOCKER_ARCHIVE,
     FORMATS,
@@ -41,12 +42,10 @@ from ansible_collections.ecrkit.images.plugins.module_utils.archive import (
     UnsafeArchiveError,
     check_repo_tag,
     image_blobs,
-    open_docker_archive,
-    open_oci_archive,
-    read_archive_summary,
     write_docker_archive,
     write_oci_archive,
 )
+from ansible_collections.ecrkit.images.plugins.module_utils.archive_read import open_docker_archive, open_oci_archive, read_archive_summary
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
     BLOB_DIGEST_MISMATCH,
@@ -1046,13 +1045,13 @@ def test_a_member_declared_larger_than_the_free_space_is_refused_before_decompre
 
 def test_decompression_stops_at_the_free_space_less_a_reserve(tmp_path, temp_copies, monkeypatch):
     budget = []
-    real = archive_module._decompression_budget  # pylint: disable=protected-access
+    real = tararchive._decompression_budget  # pylint: disable=protected-access
 
     def small(fd):
         budget.append(real(fd))
         return 2 << 20
 
-    monkeypatch.setattr(archive_module, "_decompression_budget", small)
+    monkeypatch.setattr(tararchive, "_decompression_budget", small)
     path = tmp_path / "big.tar.xz"
     path.write_bytes(compress_stream("xz", [tar_header("layer.tar", 4 << 20)] + list(zeros(4 << 20)) + [bytes(1024)]))
     with pytest.raises(archive_module.ArchiveTooLargeError, match="more than the 2097152 bytes"):
@@ -1113,7 +1112,7 @@ def test_any_failure_while_scanning_is_one_archive_error_sentence(images, tmp_pa
         raise failure
 
     with monkeypatch.context() as patch:
-        patch.setattr(archive_module.TarArchive, "_add_member", fail)
+        patch.setattr(tararchive.TarArchive, "_add_member", fail)
         for reader in (_read_as_push_source, read_archive_summary):
             with pytest.raises(ArchiveFormatError, match=f"{path} is not a readable tar archive") as caught:
                 reader(path, OCI_ARCHIVE)

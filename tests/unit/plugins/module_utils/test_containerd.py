@@ -16,7 +16,7 @@ import tarfile
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import containerd, layout, pull
+from ansible_collections.ecrkit.images.plugins.module_utils import containerd, destinations, layout, pull
 
 TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 for sub in ("containerd", "emulator"):
@@ -318,7 +318,7 @@ def store_image_with_diff_ids(client, built, blobs, diff_ids, tmp_path):
     (tmp_path / "config").write_bytes(config_raw)
     ingest_file(client, str(tmp_path / "config"), digest_of(config_raw), len(config_raw))
     top = ("application/vnd.oci.image.manifest.v1+json", digest_of(raw), raw)
-    names = pull.containerd_names(pull.parse_reference(HOSTILE_REF), top[1])
+    names = destinations.containerd_names(pull.parse_reference(HOSTILE_REF), top[1])
     client.import_manifests(names, top, [], unpack=False, platform=None, all_platforms=False)
     return top, names
 
@@ -330,9 +330,9 @@ def test_hostile_diff_ids_never_reach_ctr_nor_skip_the_unpack(private_containerd
     client = containerd.connect(private_containerd.address, "default", must_exist=False)
     built, dummy, dummy2, blobs = image
     top, names = store_image_with_diff_ids(client, built, blobs, hostile, tmp_path)
-    options = pull.PullOptions.from_params(ref=HOSTILE_REF, dest=str(tmp_path / "staging"), dest_format="containerd",
+    options = pull.PullOptions.from_params(ref=HOSTILE_REF, dest=str(tmp_path / "staging"), format="containerd",
                                            containerd_address=private_containerd.address)
-    target = pull._ContainerdTarget(options)  # pylint: disable=protected-access
+    target = destinations.ContainerdDestination(options)
     try:
         assert not target.complete(top[1])  # not unpacked: a pull goes on and unpacks (or fails)
     finally:

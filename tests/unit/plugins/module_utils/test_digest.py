@@ -8,6 +8,8 @@ import hashlib
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.ecrkit.images.plugins.module_utils import digest
 
@@ -40,3 +42,20 @@ def test_bytes_and_files_hash_the_same(tmp_path):
     finally:
         os.close(fd)
     assert digest.matches(b"hello", HELLO) and not digest.matches(b"hello!", HELLO)
+
+
+def test_of_bytes():
+    assert digest.of_bytes(b"") == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert digest.of_bytes(memoryview(b"abc")) == digest.of_bytes(b"abc")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(max_size=80) | st.builds(lambda hexpart: "sha256:" + hexpart, st.text(alphabet="0123456789abcdefABCDEF./\\\n", max_size=66)))
+def test_any_digest_text_is_refused_or_names_a_file_in_blobs(text):
+    blobs = os.path.join("/layout", "blobs", "sha256")
+    try:
+        hexpart = digest.digest_hex(text)
+    except digest.InvalidDigestError as exc:
+        assert str(exc).endswith(".")
+        return
+    assert os.path.dirname(os.path.join(blobs, hexpart)) == blobs and len(hexpart) == 64

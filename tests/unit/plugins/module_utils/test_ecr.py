@@ -17,7 +17,7 @@ import pytest
 from botocore.config import Config
 
 from ansible_collections.ecrkit.images.plugins.module_utils import ecr
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidOptionError
+from ansible_collections.ecrkit.images.plugins.module_utils.retry import RetryPolicy
 from ansible_collections.ecrkit.images.plugins.module_utils.reference import parse_reference
 
 EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
@@ -36,7 +36,7 @@ ACCEPTED = [OCI_MANIFEST, "application/vnd.oci.image.index.v1+json",
 def make_repository(endpoint, name="team/app", tag="1.0", **kwargs):
     ref = parse_reference(f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/{name}:{tag}")
     sleeps = []
-    repository = ecr.EcrRepository(endpoint.client(), ref, kwargs.pop("retry", ecr.RetryPolicy(attempts=4)),
+    repository = ecr.EcrRepository(endpoint.client(), ref, kwargs.pop("retry", RetryPolicy(attempts=4)),
                                    sleep=sleeps.append)
     return repository, sleeps
 
@@ -84,7 +84,7 @@ def test_unknown_repository(ecr_endpoint):  # pylint: disable=redefined-outer-na
 def test_wrong_secret_is_a_credentials_error(ecr_endpoint):  # pylint: disable=redefined-outer-name
     ref = parse_reference(f"{ecr_endpoint.account_id}.dkr.ecr.us-east-1.amazonaws.com/team/app:1.0")
     client = ecr_endpoint.client(aws_secret_access_key="not-the-secret")
-    repository = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=3), sleep=lambda seconds: None)
+    repository = ecr.EcrRepository(client, ref, RetryPolicy(attempts=3), sleep=lambda seconds: None)
     with pytest.raises(ecr.CredentialsError) as info:
         repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
     assert "not-the-secret" not in str(info.value)
@@ -104,7 +104,7 @@ def test_throttling_is_retried_and_counted(pushed):
 
 def test_server_errors_past_the_limit_fail_clearly(pushed):
     endpoint = pushed[0]
-    repository, sleeps = make_repository(endpoint, retry=ecr.RetryPolicy(attempts=3))
+    repository, sleeps = make_repository(endpoint, retry=RetryPolicy(attempts=3))
     endpoint.set_faults("server-error:every=1")
     with pytest.raises(ecr.EcrApiError) as info:
         repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
@@ -143,17 +143,11 @@ def test_unreachable_endpoint_is_an_endpoint_error(ecr_endpoint):  # pylint: dis
                           config=Config(retries={"total_max_attempts": 1}, connect_timeout=2),
                           **ecr_endpoint.credentials())
     ref = parse_reference("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app")
-    repository = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=2), sleep=lambda seconds: None)
+    repository = ecr.EcrRepository(client, ref, RetryPolicy(attempts=2), sleep=lambda seconds: None)
     with pytest.raises(ecr.EndpointError) as info:
         repository.get_manifest({"imageTag": "latest"}, ACCEPTED)
     assert "Could not reach the ECR API for BatchGetImage" in str(info.value)
     assert repository.api_calls == 2
-
-
-def test_retry_policy_delays_are_bounded():
-    policy = ecr.RetryPolicy(attempts=5, base_delay=1.0, max_delay=3.0)
-    assert [policy.delay(number, rng=lambda low, high: high) for number in range(4)] == [1.0, 2.0, 3.0, 3.0]
-    assert all(0.0 <= policy.delay(number) <= 3.0 for number in range(10))
 
 
 @pytest.mark.parametrize("host, expected", [
@@ -242,14 +236,6 @@ def test_layer_upload_and_put_image(ecr_endpoint):  # pylint: disable=redefined-
     assert repository.image_digests([{"imageTag": "1.0"}], ACCEPTED) == [digest]
 
 
-@pytest.mark.parametrize("attempts", [0, 51, -1])
-def test_max_attempts_is_bounded(attempts):
-    with pytest.raises(InvalidOptionError, match=f"max_attempts must be between 1 and 50, not {attempts}"):
-        ecr.check_max_attempts(attempts)
-    ecr.check_max_attempts(1)
-    ecr.check_max_attempts(50)
-
-
 class _Scripted:
     """A stand-in boto3 client whose methods play a script: each step an answer or an exception."""
 
@@ -269,7 +255,7 @@ class _Scripted:
 
 def _repository(client, attempts=3):
     ref = parse_reference("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1.0")
-    return ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=attempts), sleep=lambda seconds: None)
+    return ecr.EcrRepository(client, ref, RetryPolicy(attempts=attempts), sleep=lambda seconds: None)
 
 
 def test_a_connection_closed_before_the_answer_is_retried():
@@ -392,7 +378,7 @@ def test_an_unreachable_endpoint_says_how_many_attempts_over_how_long():
     url = "https://api.ecr.us-east-1.amazonaws.com/"
     client = _Scripted(batch_get_image=[EndpointConnectionError(endpoint_url=url)] * 10)
     ref = parse_reference("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1.0")
-    repository = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=10), sleep=sleep, clock=lambda: now[0])
+    repository = ecr.EcrRepository(client, ref, RetryPolicy(attempts=10), sleep=sleep, clock=lambda: now[0])
     with pytest.raises(ecr.EndpointError) as caught:
         repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
     message = str(caught.value)
@@ -401,7 +387,7 @@ def test_an_unreachable_endpoint_says_how_many_attempts_over_how_long():
     assert repository.api_calls == 10 and repository.retries == 9
 
     client = _Scripted(batch_get_image=[EndpointConnectionError(endpoint_url=url)])
-    repository = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=1), sleep=sleep, clock=lambda: now[0])
+    repository = ecr.EcrRepository(client, ref, RetryPolicy(attempts=1), sleep=sleep, clock=lambda: now[0])
     with pytest.raises(ecr.EndpointError, match="did not answer after 1 attempt over 0.0 s"):
         repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)
 
@@ -412,7 +398,7 @@ def test_throttling_past_the_limit_says_how_long_it_was_tried():
     throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "BatchGetImage")
     repository = ecr.EcrRepository(_Scripted(batch_get_image=[throttled] * 3),
                                    parse_reference("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app:1.0"),
-                                   ecr.RetryPolicy(attempts=3), sleep=lambda seconds: now.__setitem__(0, now[0] + 2.5),
+                                   RetryPolicy(attempts=3), sleep=lambda seconds: now.__setitem__(0, now[0] + 2.5),
                                    clock=lambda: now[0])
     with pytest.raises(ecr.EcrApiError, match=r"with ThrottlingException after 2 retries \(3 attempts over 5.0 s\); .*max_attempts"):
         repository.get_manifest({"imageTag": "1.0"}, ACCEPTED)

@@ -22,10 +22,9 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from ansible_collections.ecrkit.images.plugins.module_utils import layout as layout_mod
+from ansible_collections.ecrkit.images.plugins.module_utils.digest import InvalidDigestError, digest_hex
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError, NotWritableError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
     BLOB_DIGEST_MISMATCH,
@@ -37,13 +36,12 @@ from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
     BlobMismatchError,
     BlobNotFoundError,
     CorruptIndexError,
-    InvalidDigestError,
+    InvalidDescriptorError,
     LayoutError,
     LayoutSymlinkError,
     LockTimeoutError,
     NotALayoutError,
     OciLayout,
-    digest_hex,
     translate_os_error,
 )
 
@@ -273,22 +271,10 @@ def test_other_algorithms_are_named(layout):
         layout.blob_path("sha512:" + "0" * 128)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(st.text(max_size=80) | st.builds(lambda hexpart: "sha256:" + hexpart, st.text(alphabet="0123456789abcdefABCDEF./\\\n", max_size=66)))
-def test_any_digest_text_is_refused_or_names_a_file_in_blobs(text):
-    blobs = os.path.join("/layout", "blobs", "sha256")
-    try:
-        hexpart = digest_hex(text)
-    except InvalidDigestError as exc:
-        assert str(exc).endswith(".")
-        return
-    assert os.path.dirname(os.path.join(blobs, hexpart)) == blobs and len(hexpart) == 64
-
-
 def test_sizes_must_be_byte_counts(layout):
     digest = sha(b"x")
     for size in (-1, 1.0, "1", True, None):
-        with pytest.raises(InvalidDigestError, match="whole number of bytes"):
+        with pytest.raises(InvalidDescriptorError, match="whole number of bytes"):
             layout.has_blob(digest, size)
 
 
@@ -596,7 +582,7 @@ def test_bad_descriptors(layout):
     for value, message in (([], "must be a JSON object"), ({"digest": sha(b"x"), "size": 1}, "has no mediaType"),
                            ({"mediaType": "x", "digest": sha(b"x"), "size": -1}, "whole number of bytes"),
                            ({"mediaType": "x", "digest": sha(b"x"), "size": 1, "annotations": []}, "annotations")):
-        with pytest.raises(InvalidDigestError, match=message):
+        with pytest.raises(InvalidDescriptorError, match=message):
             layout.set_tag("t", value)
     with open(os.path.join(layout.root, "index.json"), "w", encoding="utf-8") as handle:
         json.dump({"schemaVersion": 2, "manifests": [{"mediaType": MANIFEST_TYPE, "digest": "sha256:../../x", "size": 1,

@@ -15,7 +15,6 @@ from ansible_collections.ecrkit.images.plugins.module_utils.reference import (
     PARTITIONS,
     ImageRef,
     check_region,
-    is_oci_tag,
     parse_reference,
     partition_for_region,
 )
@@ -360,13 +359,6 @@ def test_partition_for_region(region, partition):
 
 def test_partitions_table():
     assert set(PARTITIONS) == {"aws", "aws-cn", "aws-us-gov", "aws-iso", "aws-iso-b", "aws-iso-e", "aws-iso-f", "aws-eusc"}
-
-
-@pytest.mark.parametrize("tag, oci", [
-    ("latest", True), ("_x", True), ("a" * 128, True), ("a" * 129, False), (".x", False), ("-x", False), ("", False), (None, False),
-])
-def test_is_oci_tag(tag, oci):
-    assert is_oci_tag(tag) is oci
 
 
 def test_invalid_reference_is_an_ecrkit_error():
