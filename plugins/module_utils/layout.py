@@ -765,6 +765,14 @@ class OciLayout:
         hexpart = digest_hex(digest)
         return os.path.join(self._ensure_dir(PARTIAL_DIR), hexpart)
 
+    def check_partial(self, digest: str) -> None:
+        """Refuse what was planted where the download of ``digest`` is kept (see :meth:`claim_partial`);
+        cheap (two lstat), so a pull checks every blob before its first request, then again under the
+        claim, and the download opens the files without following links anyway."""
+        path = self.partial_path(digest)
+        for name in (path, path + JOURNAL_SUFFIX):
+            _check_partial_file(name, digest)
+
     @contextlib.contextmanager
     def claim_partial(self, digest: str, timeout: float = CLAIM_TIMEOUT) -> Iterator[str]:
         """Hold the exclusive right to write the partial file of ``digest``; yields :meth:`partial_path`.
@@ -782,8 +790,7 @@ class OciLayout:
         claim = path + CLAIM_SUFFIX
         fd = _flock(claim, timeout, f"the download of {digest}")
         try:
-            for name in (path, path + JOURNAL_SUFFIX):
-                _check_partial_file(name, digest)
+            self.check_partial(digest)
             yield path
         finally:
             try:

@@ -319,6 +319,8 @@ def _download(options: PullOptions, repository: EcrRepository, store: OciLayout,
     connection, not per blob; a blob another run committed while this one waited for the claim is
     not fetched again.
     """
+    for blob in blobs:  # a link planted at a partial file fails the pull before any request
+        store.check_partial(blob.digest)
     jobs = [download.BlobJob(digest=blob.digest, size=blob.size, path=store.partial_path(blob.digest),
                              get_url=_url_provider(repository, blob.digest), claim=_claim(store, blob),
                              commit=_committer(store)) for blob in blobs]

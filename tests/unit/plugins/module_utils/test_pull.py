@@ -22,41 +22,14 @@ from ansible_collections.ecrkit.images.plugins.module_utils.manifest import Mani
 from ansible_collections.ecrkit.images.plugins.module_utils.platform_select import PlatformNotFoundError
 
 TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
-for sub in ("emulator",):
+for sub in ("emulator", os.path.join("unit", "plugins", "module_utils")):
     if os.path.join(TESTS_DIR, sub) not in sys.path:
         sys.path.insert(0, os.path.join(TESTS_DIR, sub))
 
 # pylint: disable=wrong-import-position,unused-import,redefined-outer-name
 import sample_images  # noqa: E402
 from fixture import ecr_endpoint, upload_blob  # noqa: E402,F401
-
-MIB = 1024 * 1024
-
-
-@pytest.fixture
-def seeded(ecr_endpoint, tmp_path):
-    """Two single-platform images sharing two layers, and a two-platform index."""
-    source = str(tmp_path / "source")
-    client = ecr_endpoint.client()
-    images = {
-        "one": sample_images.build_random_image(source, "one", count=2, size=3 * MIB, seed="s"),
-        "two": sample_images.build_random_image(source, "two", count=3, size=3 * MIB, seed="s"),
-        "multi": sample_images.build_demo_image(source, "multi", platforms=["linux/amd64", "linux/arm64/v8"]),
-    }
-    for tag, image in images.items():
-        sample_images.push_image(client, image, "team/app", create_repository=True)
-    return ecr_endpoint, images
-
-
-def options(endpoint, tag, dest, **kwargs):
-    ref = f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/team/app:{tag}"
-    kwargs.setdefault("chunk_size", MIB)
-    kwargs.setdefault("max_concurrent_downloads", 4)
-    return pull.PullOptions.from_params(ref=ref, dest=str(dest), **kwargs)
-
-
-def run(endpoint, opts):
-    return pull.pull(opts, lambda ref: ecr.EcrRepository(endpoint.client(), ref, ecr.RetryPolicy(attempts=2)))
+from pull_support import MIB, options, run, seeded  # noqa: E402,F401
 
 
 def test_pull_then_nothing_to_do(seeded, tmp_path):

@@ -16,41 +16,15 @@ from ansible_collections.ecrkit.images.plugins.module_utils import containerd, e
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidOptionError, InvalidReferenceError
 
 TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
-for sub in ("containerd", "emulator"):
+for sub in ("containerd", "emulator", os.path.join("unit", "plugins", "module_utils")):
     if os.path.join(TESTS_DIR, sub) not in sys.path:
         sys.path.insert(0, os.path.join(TESTS_DIR, sub))
 
 # pylint: disable=wrong-import-position,unused-import,redefined-outer-name
 import sample_images  # noqa: E402
 from fixture import ecr_endpoint  # noqa: E402,F401
+from push_support import MIB, built, ecr_tag, ref_for, run  # noqa: E402,F401
 from private_containerd import private_containerd  # noqa: E402,F401
-
-MIB = 1024 * 1024
-
-
-def ref_for(endpoint, tag="1.0", repository="team/app"):
-    suffix = f":{tag}" if not tag.startswith("@") else tag
-    return f"{endpoint.account_id}.dkr.ecr.{endpoint.region}.amazonaws.com/{repository}{suffix}"
-
-
-def run(endpoint, src, tag="1.0", **kwargs):
-    kwargs.setdefault("create_repository", True)
-    kwargs.setdefault("max_concurrent_uploads", 3)
-    options = push.PushOptions.from_params(ref=ref_for(endpoint, tag, kwargs.pop("repository", "team/app")), src=str(src), **kwargs)
-    return push.push(options, lambda ref: ecr.EcrRepository(endpoint.client(), ref, ecr.RetryPolicy(attempts=2)))
-
-
-def ecr_tag(endpoint, tag, repository="team/app"):
-    answer = endpoint.client().batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}],
-                                               acceptedMediaTypes=list(manifest.ACCEPTED_MANIFEST_TYPES))
-    images = answer["images"]
-    return (images[0]["imageId"]["imageDigest"], images[0]["imageManifest"].encode("utf-8")) if images else (None, None)
-
-
-@pytest.fixture
-def built(tmp_path):
-    source = str(tmp_path / "src")
-    return source, sample_images.build_random_image(source, "1.0", count=3, size=6 * MIB + 123, seed="p")
 
 
 def test_push_then_nothing_to_do(ecr_endpoint, built):
