@@ -61,7 +61,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from ansible_collections.ecrkit.images.plugins.module_utils import hostfs, manifest, manifest_parser
+from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import (
     digest_hex, matches as digest_matches, of_bytes as digest_of_bytes, of_fd as digest_of_fd)
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, NotWritableError, storage_error
@@ -1020,117 +1020,57 @@ class OciLayout:
         if fd is not None:
             os.close(fd)
 
-    def prune(self, check_mode: bool = False, wait: float | None = None, replacing: str | None = None,
-              keep: Iterable[str] = ()) -> PruneResult:
-        """Remove every blob of ``blobs/sha256`` that no entry of ``index.json`` references; say what went.
-
-        Referenced: the blob of each entry, and when it is a manifest its config, layers and subject,
-        when it is an index everything :func:`manifest.walk` reaches from it; a blob that does not parse
-        as a manifest is a leaf. A manifest or index that cannot be read whole (a listed child missing,
-        schema 1, a damaged document) leaves its references unknown, so nothing is removed and
-        :attr:`PruneResult.skipped` says why. Partial downloads, temp files and anything in
-        ``blobs/sha256`` that is not a regular file with a digest's name are never touched; the
-        verification stamps of removed blobs (and stamps left without a blob) go with them.
-
-        Unless ``check_mode``, this waits for the runs writing into the layout to finish (the exclusive
-        writers' lock, ``wait`` seconds at most, default ``lock_timeout``) and works under the index lock;
-        when they do not finish in time, nothing is removed and ``skipped`` says so. This object's own
-        :meth:`begin_writing` ends first. ``check_mode`` removes and locks nothing (so it may count blobs
-        another run has just committed); ``replacing`` (an image name: its ref.name or
-        ``io.containerd.image.name``) and ``keep`` (digests) describe the entry a pull in check mode would
-        store instead of that name's.
-        """
+    @contextlib.contextmanager
+    def writers_excluded(self, wait: float) -> Iterator[bool]:
+        """Hold off every run writing into this layout (the writers' lock, exclusively, ``wait`` seconds at
+        most) and hold the index lock; yields False, holding nothing, when writers did not finish in time.
+        This object's own :meth:`begin_writing` ends first."""
         self.end_writing()
-        if check_mode:
-            return self._prune_unlocked(True, replacing, frozenset(keep))
-        wait = self.lock_timeout if wait is None else wait
         self._ensure_dir(PRIVATE_DIR)
         try:
             fd = _flock(self._path(WRITERS_FILE), wait, f"the runs writing into the OCI layout {self.root}")
         except LockTimeoutError:
-            return PruneResult((), f"Nothing was pruned from the OCI layout {self.root}: another run was still writing "
-                               f"into it after {wait:g} s (its new blobs are not referenced yet); run the task again to "
-                               "prune.")
+            yield False
+            return
         try:
             with self.lock():
-                return self._prune_unlocked(False, replacing, frozenset(keep))
+                yield True
         finally:
             os.close(fd)
 
-    def _prune_unlocked(self, check_mode: bool, replacing: str | None, keep: frozenset) -> PruneResult:
-        entries = [entry for entry in self.read_index()["manifests"]
-                   if replacing is None or replacing not in (ref_name(entry), _image_name(entry))]
-        try:
-            referenced = self.referenced_digests(entries) | keep
-        except EcrkitError as exc:
-            return PruneResult((), f"Nothing was pruned from the OCI layout {self.root}, since what it references is not "
-                               f"certain: {exc}")
+    def stored_blobs(self) -> list[tuple[str, int]]:
+        """``(digest, size)`` of every regular file under ``blobs/sha256`` named as a digest; anything else
+        there is not something this collection made, and is not listed."""
         directory = self._path(BLOBS_DIR + "/sha256")
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
-            names = []
+            return []
         except OSError as exc:
-            raise translate_os_error(exc, "listing the blobs to prune", directory) from None
-        removed = []
+            raise translate_os_error(exc, "listing the blobs", directory) from None
+        found = []
         for name in names:
-            path = os.path.join(directory, name)
-            if not _HEX_RE.fullmatch(name) or "sha256:" + name in referenced:
+            if not _HEX_RE.fullmatch(name):
                 continue
             try:
-                info = os.lstat(path)
-                if not stat.S_ISREG(info.st_mode):
-                    continue  # not a blob this collection made: left alone, like any unknown file
-                if not check_mode and not _unlink_quiet(path):
-                    continue
+                info = os.lstat(os.path.join(directory, name))
+            except FileNotFoundError:
+                continue
             except OSError as exc:
-                raise translate_os_error(exc, "pruning a blob", path) from None
-            removed.append(("sha256:" + name, info.st_size))
-        if not check_mode:
-            self._remove_orphan_stamps()
-        return PruneResult(tuple(removed))
+                raise translate_os_error(exc, "listing the blobs", directory) from None
+            if stat.S_ISREG(info.st_mode):
+                found.append(("sha256:" + name, info.st_size))
+        return found
 
-    def referenced_digests(self, entries: Iterable[dict[str, Any]]) -> set[str]:
-        """The digests the index entries ``entries`` reference, directly or through manifests and indexes
-        stored here (see :meth:`prune`); an EcrkitError when a document cannot be read whole."""
-        where = self._path(INDEX_FILE)
-
-        def fetch(descriptor: manifest.Descriptor) -> manifest.ManifestDocument:
-            return manifest_parser.parse_referenced(descriptor, self.read_blob(descriptor.digest), descriptor.media_type)
-
-        referenced: set[str] = set()
-        for entry in entries:
-            descriptor = check_descriptor(entry, f"the entry {ref_name(entry) or entry.get('digest')} of {where}")
-            referenced.add(descriptor["digest"])
-            document = self._stored_document(descriptor["mediaType"], descriptor["digest"])
-            steps = manifest.walk(document, fetch) if document is not None else []
-            for step in steps:
-                referenced.add(step.descriptor.digest)
-            for reached in ([document] if document is not None else []) + [step.document for step in steps]:
-                if isinstance(reached, manifest.ImageManifest):
-                    referenced.update(blob.digest for blob in manifest.referenced_blobs(reached))
-                if reached.subject is not None:
-                    referenced.add(reached.subject.digest)
-        return referenced
-
-    def _stored_document(self, media_type: str, digest: str) -> manifest.ManifestDocument | None:
-        """The manifest or index stored as ``digest``; None for a leaf (not stored, or not a manifest).
-
-        A blob whose media type says manifest or index must parse as one, as must anything that says it is
-        schema 1 (whose layers this collection cannot list): otherwise an EcrkitError."""
-        readable = media_type in manifest.MANIFEST_TYPES | manifest.INDEX_TYPES | manifest.SCHEMA1_TYPES
-        if not os.path.lexists(self.blob_path(digest)):
-            return None  # a dangling entry: there is nothing stored below it to keep
+    def remove_blob(self, digest: str) -> bool:
+        """Remove a stored blob (hold :meth:`writers_excluded`); whether it was there."""
+        path = self.blob_path(digest)
         try:
-            return manifest_parser.parse_manifest(self.read_blob(digest), media_type if readable else None, digest)
-        except manifest.Schema1ManifestError:
-            raise
-        except EcrkitError:
-            if readable:
-                raise
-            return None
+            return _unlink_quiet(path)
+        except OSError as exc:
+            raise translate_os_error(exc, "removing a blob", path) from None
 
-    def _remove_orphan_stamps(self) -> None:
+    def remove_orphan_stamps(self) -> None:
         """Remove the verification stamps whose blob is gone (a stamp is only worth its blob)."""
         directory = self._path(VERIFIED_DIR)
         try:
@@ -1141,24 +1081,6 @@ class OciLayout:
             if _HEX_RE.fullmatch(name) and not os.path.lexists(self.blob_path("sha256:" + name)):
                 with contextlib.suppress(OSError):
                     _unlink_quiet(os.path.join(directory, name))
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    """What :meth:`OciLayout.prune` removed (in check mode: would remove), and why it removed nothing."""
-
-    removed: tuple[tuple[str, int], ...]  # (digest, bytes)
-    skipped: str = ""  # why nothing was removed although something might be garbage (a warning), or ""
-
-    @property
-    def bytes_freed(self) -> int:
-        return sum(size for dummy, size in self.removed)
-
-
-def _image_name(entry: dict[str, Any]) -> str | None:
-    annotations = entry.get("annotations")
-    name = annotations.get(IMAGE_NAME_ANNOTATION) if isinstance(annotations, dict) else None
-    return name if isinstance(name, str) else None
 
 
 def _index_bytes(doc: dict[str, Any]) -> bytes:

@@ -28,6 +28,7 @@ from ansible_collections.ecrkit.images.plugins.module_utils import argspec, cont
 from ansible_collections.ecrkit.images.plugins.module_utils.destinations import (
     ALL_PLATFORMS, BlobStore, Destination, LayoutDestination, Plan, config_platform, entry_for, image_platform, open_destination, stored)
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrRepository
+from ansible_collections.ecrkit.images.plugins.module_utils.prune import PruneResult, prune_layout
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidOptionError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import Descriptor, ImageManifest
@@ -396,13 +397,13 @@ def _prune(options: PullOptions, target: LayoutDestination, result: Dict[str, An
     entry replaced the image's current one."""
     target.close()  # this run's shared writers' lock would keep its own prune waiting
     store = target.store  # None only in check mode, before the layout exists
-    pruned = layout.PruneResult(())
+    pruned = PruneResult(())
     if store is not None:
         replacing, keep = None, set()
         if options.check_mode and result["changed"]:
             replacing = options.image_name
             keep = {result["digest"], result["manifest_digest"]} | {blob["digest"] for blob in result["layers"]}
-        pruned = store.prune(check_mode=options.check_mode, wait=PRUNE_WAIT, replacing=replacing, keep=keep)
+        pruned = prune_layout(store, check_mode=options.check_mode, wait=PRUNE_WAIT, replacing=replacing, keep=keep)
     result["bytes_freed"] = pruned.bytes_freed
     result["blobs_removed"] = len(pruned.removed)
     result["changed"] = result["changed"] or bool(pruned.removed)

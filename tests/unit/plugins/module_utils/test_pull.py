@@ -20,6 +20,7 @@ from ansible_collections.ecrkit.images.plugins.module_utils.digest import of_byt
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import ManifestError
 from ansible_collections.ecrkit.images.plugins.module_utils.platform_select import PlatformNotFoundError
+from ansible_collections.ecrkit.images.plugins.module_utils.prune import prune_layout
 
 TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 for sub in ("emulator", os.path.join("unit", "plugins", "module_utils")):
@@ -758,7 +759,7 @@ def test_a_pull_holds_off_prunes_from_before_it_looks_at_the_layout(stable, tmp_
 
     def plan_then_prune(*args):
         planned = planner(*args)  # this run is about to find every blob it needs present, and rely on them
-        seen.append(layout.OciLayout(str(dest)).prune(wait=0.2))
+        seen.append(prune_layout(layout.OciLayout(str(dest)), wait=0.2))
         return planned
 
     monkeypatch.setattr(pull, "_plan", plan_then_prune)
@@ -769,7 +770,7 @@ def test_a_pull_holds_off_prunes_from_before_it_looks_at_the_layout(stable, tmp_
     store = layout.OciLayout(str(dest))
     for blob in images["one"].blob_descriptors():
         assert store.has_blob(blob.digest, blob.size, verify=True)
-    assert store.prune(wait=0.2).removed == ()  # the run is over, and its image is referenced again
+    assert prune_layout(store, wait=0.2).removed == ()  # the run is over, and its image is referenced again
 
 
 def test_prune_is_for_layouts_only(tmp_path):
