@@ -362,6 +362,30 @@ def _check_partial_file(path: str, digest: str) -> None:
             "written to it: remove it, then run again.")
 
 
+def _digest_files(directory: str, doing: str) -> tuple[set[str], list[tuple[str, os.stat_result]]]:
+    """Every name in ``directory`` (none when it does not exist), and the regular files among them named
+    as a digest's hex, sorted, with their lstat; a file removed meanwhile is left out."""
+    try:
+        names = set(os.listdir(directory))
+    except FileNotFoundError:
+        return set(), []
+    except OSError as exc:
+        raise translate_os_error(exc, doing, directory) from None
+    files = []
+    for name in sorted(names):
+        if not _HEX_RE.fullmatch(name):
+            continue
+        try:
+            info = os.lstat(os.path.join(directory, name))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise translate_os_error(exc, doing, directory) from None
+        if stat.S_ISREG(info.st_mode):
+            files.append((name, info))
+    return names, files
+
+
 def _try_flock_existing(path: str) -> int | None:
     """flock an existing file without waiting; the fd, or None when it is missing or held elsewhere."""
     try:
@@ -845,24 +869,9 @@ class OciLayout:
     def list_partials(self) -> list[PartialBlob]:
         """The partial downloads present, sorted by digest."""
         directory = self._path(PARTIAL_DIR)
-        try:
-            names = set(os.listdir(directory))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise translate_os_error(exc, "listing partial downloads", directory) from None
-        result = []
-        for name in sorted(names):
-            path = os.path.join(directory, name)
-            if not _HEX_RE.fullmatch(name):
-                continue
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(info.st_mode):
-                result.append(PartialBlob("sha256:" + name, path, info.st_size, name + JOURNAL_SUFFIX in names))
-        return result
+        names, files = _digest_files(directory, "listing partial downloads")
+        return [PartialBlob("sha256:" + name, os.path.join(directory, name), info.st_size, name + JOURNAL_SUFFIX in names)
+                for name, info in files]
 
     def cleanup_partials(self, keep: Iterable[str] = frozenset()) -> list[str]:
         """Remove partial downloads, their journals and claims, and stale temp files; return the paths removed.
@@ -1041,26 +1050,8 @@ class OciLayout:
     def stored_blobs(self) -> list[tuple[str, int]]:
         """``(digest, size)`` of every regular file under ``blobs/sha256`` named as a digest; anything else
         there is not something this collection made, and is not listed."""
-        directory = self._path(BLOBS_DIR + "/sha256")
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise translate_os_error(exc, "listing the blobs", directory) from None
-        found = []
-        for name in names:
-            if not _HEX_RE.fullmatch(name):
-                continue
-            try:
-                info = os.lstat(os.path.join(directory, name))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise translate_os_error(exc, "listing the blobs", directory) from None
-            if stat.S_ISREG(info.st_mode):
-                found.append(("sha256:" + name, info.st_size))
-        return found
+        dummy, files = _digest_files(self._path(BLOBS_DIR + "/sha256"), "listing the blobs")
+        return [("sha256:" + name, info.st_size) for name, info in files]
 
     def remove_blob(self, digest: str) -> bool:
         """Remove a stored blob (hold :meth:`writers_excluded`); whether it was there."""
