@@ -47,7 +47,8 @@ from typing import Any, BinaryIO
 from ansible_collections.ecrkit.images.plugins.module_utils import manifest, manifest_parser
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import Hasher, digest_hex
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import (
     BLOB_MISSING,
     BLOB_PRESENT,
     MAX_SMALL_BLOB,
@@ -58,7 +59,6 @@ from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
     RESOLVED_ANNOTATION,
     BlobMismatchError,
     BlobNotFoundError,
-    OciLayout,
     check_descriptor,
     translate_os_error,
 )

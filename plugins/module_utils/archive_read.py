@@ -21,7 +21,7 @@ from ansible_collections.ecrkit.images.plugins.module_utils.archive import (
     DOCKER_ARCHIVE, FORMATS, OCI_ARCHIVE, ArchiveError, ArchiveFormatError, image_blobs, show_name)
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import InvalidDigestError, digest_hex, matches as digest_matches
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import (
     MAX_INDEX_SIZE,
     MAX_SMALL_BLOB,
     LayoutError,
@@ -119,13 +119,6 @@ class DockerArchive(TarArchive):
                     raise ArchiveFormatError(f"{_cap(where)} names {show_name(name)}, which is not a file in the archive.")
             images.append(dict(item, Config=config, Layers=list(layers), RepoTags=list(repo_tags)))
         return images
-
-    def find_repo_tag(self, repo_tag: str) -> dict[str, Any] | None:
-        """The manifest.json entry whose RepoTags holds ``repo_tag``, or None."""
-        for image in self.manifest:
-            if repo_tag in image["RepoTags"]:
-                return image
-        return None
 
     def config_digest(self, image: dict[str, Any]) -> str:
         """The digest of an image's config file (hashed here: the file name is not trusted)."""

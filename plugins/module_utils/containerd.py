@@ -47,7 +47,7 @@ from typing import IO, ContextManager, Dict, Iterator, List, Optional, Sequence,
 from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import DIGEST_RE, matches as digest_matches, of_bytes as digest_of_bytes
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import IMAGE_NAME_ANNOTATION
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import IMAGE_NAME_ANNOTATION
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"

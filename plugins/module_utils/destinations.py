@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple
 
-from ansible_collections.ecrkit.images.plugins.module_utils import archive, archive_read, containerd, hostfs, layout, manifest
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, archive_read, containerd, hostfs, layout_format, manifest, partial
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import is_digest
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
@@ -170,7 +170,7 @@ def config_platform(data: bytes) -> str:
 def stored(store: OciLayout, blob: Descriptor, record: bool = True) -> bool:
     """Whether ``store`` holds ``blob`` with its bytes: hashed unless unchanged since they last matched
     (:meth:`OciLayout.verified_status`)."""
-    return store.verified_status(blob.digest, blob.size, record=record) == layout.BLOB_PRESENT
+    return store.verified_status(blob.digest, blob.size, record=record) == layout_format.BLOB_PRESENT
 
 
 def containerd_names(ref: ImageRef, digest: Optional[str] = None) -> List[str]:
@@ -225,14 +225,14 @@ class LayoutDestination(_StagedInLayout):
     """
 
     def __init__(self, options: PullOptions) -> None:
-        _refuse_symlink(options.dest, layout.LayoutSymlinkError, "an OCI layout")
+        _refuse_symlink(options.dest, layout_format.LayoutSymlinkError, "an OCI layout")
         if os.path.lexists(options.dest):  # before any API call: a layout another user can change is refused
             hostfs.verify_directory(options.dest, "the OCI layout")
         super().__init__(options, options.dest)
         if self.store is not None and not options.check_mode:
             try:  # before this run looks at what the layout holds, which a prune must not remove meanwhile
                 self.store.begin_writing()
-            except layout.LockTimeoutError:
+            except hostfs.LockTimeoutError:
                 raise
             except EcrkitError:
                 pass  # a layout this user cannot write is only read; open_for_writing says why if it must write
@@ -291,7 +291,7 @@ class ArchiveDestination(_StagedInLayout):
             archive.check_archive_destination(os.path.join(directory, name))  # a FIFO, a link, another user's file
         self.lock_file = os.path.join(directory, f".{name}.ecrkit-lock")
         if not options.check_mode and os.path.isdir(directory):
-            self.lock_fd = layout.lock_path(self.lock_file, layout.CLAIM_TIMEOUT, f"the archive {options.dest}")
+            self.lock_fd = hostfs.flock(self.lock_file, partial.CLAIM_TIMEOUT, f"the archive {options.dest}")
             _remove_stale_temps(directory, name)
         super().__init__(options, os.path.join(directory, f".{name}.ecrkit-staging"))
         self.summary = _archive_summary(options.dest, options.format)
@@ -310,7 +310,7 @@ class ArchiveDestination(_StagedInLayout):
         if not self.summary:
             return None
         for entry in self.summary["manifests"]:
-            if (entry.get("annotations") or {}).get(layout.IMAGE_NAME_ANNOTATION) == name:
+            if (entry.get("annotations") or {}).get(layout_format.IMAGE_NAME_ANNOTATION) == name:
                 return entry
         if self.options.format == "docker-archive":
             for image in self.summary["images"]:
@@ -393,7 +393,7 @@ def _remove_stale_temps(directory: str, name: str) -> None:
 def _resolved(entry: Optional[Dict[str, Any]], digest: Optional[str]) -> Optional[str]:
     """The resolved digest an entry records, else its own (an entry written before it was recorded)."""
     annotations = (entry or {}).get("annotations") or {}
-    resolved = annotations.get(layout.RESOLVED_ANNOTATION)
+    resolved = annotations.get(layout_format.RESOLVED_ANNOTATION)
     return resolved if is_digest(resolved) else digest
 
 
@@ -505,7 +505,7 @@ class ContainerdDestination:
     def open_for_writing(self, plan: Plan) -> OciLayout:
         """Lock this image's staging layout, and protect its content in containerd under a staging name."""
         root, self.lock_file = self._staging_paths(plan.top.digest, create=True)
-        self.lock_fd = layout.lock_path(self.lock_file, layout.CLAIM_TIMEOUT, f"the pull of {plan.top.digest} into containerd")
+        self.lock_fd = hostfs.flock(self.lock_file, partial.CLAIM_TIMEOUT, f"the pull of {plan.top.digest} into containerd")
         self.staging = OciLayout(root, create=True, private=True)
         self.staging_image = containerd.staging_name(plan.top.digest)
         self._keep_platforms(plan)  # before an import relabels the index with this platform only
@@ -545,8 +545,8 @@ class ContainerdDestination:
             return
         root, lock_file = self._staging_paths(digest, create=True)  # checks whose it is before touching it
         try:
-            fd = layout.lock_path(lock_file, 0, "a staging layout")
-        except layout.LockTimeoutError:
+            fd = hostfs.flock(lock_file, 0, "a staging layout")
+        except hostfs.LockTimeoutError:
             return  # another pull of this image is running: it cleans up after itself
         try:
             staging_image = containerd.staging_name(digest)

@@ -18,6 +18,8 @@ from ansible_collections.ecrkit.images.plugins.module_utils.errors import Ecrkit
 
 ALGORITHM = "sha256"
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+HEX_RE = re.compile(r"[0-9a-f]{64}")
+"""The hex part of a digest: how blob, partial and stamp files are named."""
 ANY_DIGEST_RE = re.compile(r"(?P<algorithm>[a-z0-9]+(?:[+._-][a-z0-9]+)*):[A-Za-z0-9=_-]+")
 """The OCI grammar of a digest of any algorithm: told apart from a malformed one in messages."""
 _CHUNK = 1 << 20

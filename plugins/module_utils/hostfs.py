@@ -21,6 +21,10 @@ with mode 0700 by :func:`private_directory`, or verified to be ours and closed t
 directory of ours that is more open, as earlier versions made them, is tightened). Files in them are
 opened by :func:`open_regular`: ``O_NOFOLLOW | O_NONBLOCK``, then ``fstat`` must show a regular file
 with one name that belongs to us, so neither a link nor a FIFO planted there is ever used.
+
+The primitives every writer shares live here too: bounded ``flock`` waits on such files
+(:func:`flock`, :func:`try_flock`), new files under random names (:func:`create_temp`), and the
+directory fsync that makes a rename durable (:func:`fsync_dir`).
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import secrets
 import stat
-from typing import FrozenSet, List, Optional
+import time
+from typing import FrozenSet, List, Optional, Tuple
 
-from ansible_collections.ecrkit.images.plugins.module_utils.errors import StorageError, storage_error
+from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, StorageError, storage_error
 
 PRIVATE_MODE = 0o700
 _MAX_LINKS = 40  # as the kernel's own limit on links in one path
@@ -261,6 +267,25 @@ def private_directory(parent: str, name: str, what: str) -> str:
     return path
 
 
+def public_directory(path: str, mode: int, what: str) -> str:
+    """Make (or check) the directory ``path``, readable by others but changeable only by this user or
+    root, inside a directory already verified; return it."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise storage_error(exc, f"creating a directory of {what}", path) from None
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UntrustedPathError(f"{path} is not a plain directory, so {what} cannot be kept there; remove it, then run again.", path)
+    if not is_trusted(info):
+        raise UntrustedPathError(
+            f"{path} {untrusted_reason(info)}, so another user could change {what}; give it to this user and close "
+            "it to others (chown, chmod go-w).", path)
+    return path
+
+
 def open_regular(path: str, flags: int, what: str, mode: int = 0o600, owner: Optional[int] = None) -> int:
     """Open ``path`` (flags as for ``os.open``) only if it is a regular file with one name; return the fd.
 
@@ -296,4 +321,101 @@ def open_regular(path: str, flags: int, what: str, mode: int = 0o600, owner: Opt
     except BaseException:
         os.close(fd)
         raise
+    return fd
+
+
+# small primitives every writer on the host uses ---------------------------------------------------
+
+
+class LockTimeoutError(EcrkitError):
+    """Another process held a lock for longer than the timeout."""
+
+    code = "lock_timeout"
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so that a rename in it survives a crash (ignored where unsupported)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def create_temp(directory: str, prefix: str, suffix: str = "", mode: int = 0o600) -> Tuple[int, str]:
+    """Create a new file with a random name (``O_EXCL``: never an existing file, link or FIFO) and
+    ``mode`` less the umask (private by default: nobody reads an image while it is written); return
+    (fd, path)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        path = os.path.join(directory, prefix + secrets.token_hex(8) + suffix)
+        try:
+            return os.open(path, flags, mode), path
+        except FileExistsError:
+            continue
+
+
+def unlink_quiet(path: str) -> bool:
+    """Remove ``path``; whether it was there (other errors are raised)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def flock(path: str, timeout: float, what: str, shared: bool = False) -> int:
+    """Open (creating) ``path`` and take an exclusive (with ``shared``, a shared) flock on it; return the fd.
+
+    ``timeout`` 0 tries once; every wait is bounded (:class:`LockTimeoutError`). The lock file must be
+    a regular file of this user (a link, a FIFO or another user's file planted there is refused, never
+    waited on). The lock file may be unlinked by its holder (a finished claim) or by cleanup; a lock
+    taken on a file that is no longer at ``path`` is dropped and taken again on the new one.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    delay = 0.002
+    while True:
+        try:
+            fd = open_regular(path, os.O_RDONLY | os.O_CREAT, f"the lock file of {what}", owner=os.geteuid())
+        except OSError as exc:
+            raise storage_error(exc, f"locking {what}", path) from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeoutError(
+                            f"Timed out after {timeout:g} s waiting for {what} (lock file {path}), which another "
+                            "process is holding; let it finish, or raise the timeout.") from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def try_flock(path: str) -> Optional[int]:
+    """flock an existing file without waiting; the fd, or None when it is missing or held elsewhere."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
     return fd

@@ -90,20 +90,19 @@ FOREIGN_LAYER_TYPES = frozenset({
 })
 """Layers that registries do not store (Windows base layers, typically): fetched from their ``urls``."""
 
-_COMPRESSION = {
-    MEDIA_TYPE_OCI_LAYER: "uncompressed",
-    MEDIA_TYPE_OCI_LAYER_GZIP: "gzip",
-    MEDIA_TYPE_OCI_LAYER_ZSTD: "zstd",
-    MEDIA_TYPE_OCI_LAYER_NONDISTRIBUTABLE: "uncompressed",
-    MEDIA_TYPE_OCI_LAYER_NONDISTRIBUTABLE_GZIP: "gzip",
-    MEDIA_TYPE_OCI_LAYER_NONDISTRIBUTABLE_ZSTD: "zstd",
-    MEDIA_TYPE_DOCKER_LAYER: "uncompressed",
-    MEDIA_TYPE_DOCKER_LAYER_GZIP: "gzip",
-    MEDIA_TYPE_DOCKER_LAYER_ZSTD: "zstd",
-    MEDIA_TYPE_DOCKER_FOREIGN_LAYER: "uncompressed",
-    MEDIA_TYPE_DOCKER_FOREIGN_LAYER_GZIP: "gzip",
-}
-LAYER_TYPES = frozenset(_COMPRESSION)
+LAYER_TYPES = frozenset({
+    MEDIA_TYPE_OCI_LAYER,
+    MEDIA_TYPE_OCI_LAYER_GZIP,
+    MEDIA_TYPE_OCI_LAYER_ZSTD,
+    MEDIA_TYPE_OCI_LAYER_NONDISTRIBUTABLE,
+    MEDIA_TYPE_OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+    MEDIA_TYPE_OCI_LAYER_NONDISTRIBUTABLE_ZSTD,
+    MEDIA_TYPE_DOCKER_LAYER,
+    MEDIA_TYPE_DOCKER_LAYER_GZIP,
+    MEDIA_TYPE_DOCKER_LAYER_ZSTD,
+    MEDIA_TYPE_DOCKER_FOREIGN_LAYER,
+    MEDIA_TYPE_DOCKER_FOREIGN_LAYER_GZIP,
+})
 """Filesystem layer (tar changeset) media types of both families, foreign ones included."""
 
 BLOB_TYPES = CONFIG_TYPES | LAYER_TYPES | {MEDIA_TYPE_OCI_EMPTY}
@@ -218,25 +217,37 @@ class Descriptor:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageManifest:
-    """A single-platform image manifest (OCI or Docker schema 2). ``raw`` is its exact bytes."""
+class _Document:
+    """What a manifest and an index share: their media type, exact bytes and digest."""
 
     media_type: str
     raw: bytes
     digest: str
-    config: Descriptor
-    layers: Tuple[Descriptor, ...]
-    annotations: Dict[str, str] = dataclasses.field(default_factory=dict)
-    subject: Optional[Descriptor] = None
-    artifact_type: Optional[str] = None
 
     def __hash__(self) -> int:
         return hash((self.media_type, self.digest))
 
     @property
     def size(self) -> int:
-        """Length of the manifest in bytes."""
+        """Length of the document in bytes."""
         return len(self.raw)
+
+    def descriptor(self, platform: Platform | None = None, annotations: Dict[str, str] | None = None) -> Descriptor:
+        """A descriptor of this document."""
+        return Descriptor(self.media_type, self.digest, len(self.raw), platform=platform, annotations=dict(annotations or {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageManifest(_Document):
+    """A single-platform image manifest (OCI or Docker schema 2). ``raw`` is its exact bytes."""
+
+    config: Descriptor
+    layers: Tuple[Descriptor, ...]
+    annotations: Dict[str, str] = dataclasses.field(default_factory=dict)
+    subject: Optional[Descriptor] = None
+    artifact_type: Optional[str] = None
+
+    __hash__ = _Document.__hash__  # a frozen dataclass would otherwise hash every field, dicts included
 
     @property
     def is_image(self) -> bool:
@@ -253,39 +264,17 @@ class ImageManifest:
         """Layers that are foreign / non-distributable (see :attr:`Descriptor.is_foreign`)."""
         return tuple(layer for layer in self.layers if layer.is_foreign)
 
-    @property
-    def total_size(self) -> int:
-        """Bytes of the distinct blobs (config and layers) the manifest references."""
-        return sum(blob.size for blob in referenced_blobs(self))
-
-    def descriptor(self, platform: Platform | None = None, annotations: Dict[str, str] | None = None) -> Descriptor:
-        """A descriptor of this manifest."""
-        return Descriptor(self.media_type, self.digest, len(self.raw), platform=platform, annotations=dict(annotations or {}))
-
 
 @dataclasses.dataclass(frozen=True)
-class ImageIndex:
+class ImageIndex(_Document):
     """A multi-platform index (OCI image index or Docker manifest list). ``raw`` is its exact bytes."""
 
-    media_type: str
-    raw: bytes
-    digest: str
     manifests: Tuple[Descriptor, ...]
     annotations: Dict[str, str] = dataclasses.field(default_factory=dict)
     subject: Optional[Descriptor] = None
     artifact_type: Optional[str] = None
 
-    def __hash__(self) -> int:
-        return hash((self.media_type, self.digest))
-
-    @property
-    def size(self) -> int:
-        """Length of the index in bytes."""
-        return len(self.raw)
-
-    def descriptor(self, platform: Platform | None = None, annotations: Dict[str, str] | None = None) -> Descriptor:
-        """A descriptor of this index."""
-        return Descriptor(self.media_type, self.digest, len(self.raw), platform=platform, annotations=dict(annotations or {}))
+    __hash__ = _Document.__hash__
 
 
 ManifestDocument = Union[ImageManifest, ImageIndex]
@@ -338,11 +327,6 @@ def distinct_blobs(documents: Sequence[ManifestDocument]) -> List[Descriptor]:
                         f"manifest of the same image gives it {first.size:,}; one of them is wrong, so the image cannot be "
                         "trusted (re-push it from a correct source).")
     return list(seen.values())
-
-
-def layer_compression(media_type: str) -> str | None:
-    """``"gzip"``, ``"zstd"`` or ``"uncompressed"`` for a known layer type; None for any other type."""
-    return _COMPRESSION.get(media_type)
 
 
 def refuse_foreign_layers(manifest: ImageManifest) -> ImageManifest:

@@ -19,17 +19,25 @@ count as empty; a last line cut short (the process died while appending) is igno
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import stat
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from ansible_collections.ecrkit.images.plugins.module_utils import hostfs
-from ansible_collections.ecrkit.images.plugins.module_utils.digest import Hasher
+from ansible_collections.ecrkit.images.plugins.module_utils.digest import HEX_RE, Hasher, digest_hex
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError, StorageError, storage_error
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import LayoutError, LayoutSymlinkError, translate_os_error
 
 JOURNAL_SUFFIX = ".journal"
+CLAIM_SUFFIX = ".lock"
+TEMP_PREFIX = "tmp-"
+CLAIM_TIMEOUT = 1800.0
+"""How long a run waits for another run downloading the same blob (or image) to finish with it: long
+enough for a multi-GiB layer on a slow link, short enough that a stuck holder is reported."""
 _JOURNAL_MAGIC = "ecrkit-partial 1"
 
 
@@ -371,3 +379,172 @@ class PrefixHasher:
             return self._partial.size
         rng = ranges[self._head]
         return rng.first + rng.written
+
+
+class PartialDirectory:
+    """Where a layout keeps what is still being written (``.ecrkit/partial``), one file per role:
+
+    - ``<hex>``: the download of a blob (:meth:`path`), on the layout's filesystem so that the commit is
+      a rename; ``<hex>.journal`` beside it (:class:`PartialFile`);
+    - ``<hex>.lock``: the claim (:meth:`claim`), so that two processes never write the same download;
+    - ``tmp-*``: small files being written whole (:meth:`write_temp`), locked while in use.
+
+    ``directory`` is the path; ``make`` creates it when missing (checking that it can be trusted) and
+    returns it, before anything is written there.
+    """
+
+    def __init__(self, directory: str, make: Callable[[], str]) -> None:
+        self.directory = directory
+        self._make = make
+
+    def path(self, digest: str) -> str:
+        """Where the download of ``digest`` is written until commit: ``<directory>/<hex>``.
+
+        The path is the same for every run, so an interrupted download can be resumed; the directory
+        is created if needed. Hold :meth:`claim` while writing it.
+        """
+        return os.path.join(self._make(), digest_hex(digest))
+
+    def check(self, digest: str) -> None:
+        """Refuse what was planted where the download of ``digest`` is kept (see :meth:`claim`); cheap
+        (two lstat), so a pull checks every blob before its first request, then again under the claim,
+        and the download opens the files without following links anyway."""
+        path = self.path(digest)
+        for name in (path, journal_path(path)):
+            _refuse_planted(name, digest)
+
+    @contextlib.contextmanager
+    def claim(self, digest: str, timeout: float = CLAIM_TIMEOUT) -> Iterator[str]:
+        """Hold the exclusive right to write the download of ``digest``; yields :meth:`path`.
+
+        Another process (or thread) downloading the same blob here waits, ``timeout`` seconds at most
+        (LockTimeoutError after that, naming the lock file). The holder should check that the blob is
+        not stored yet once it has the claim: the previous holder may have committed it.
+        :meth:`cleanup` never removes a claimed download.
+
+        The partial file and its journal, when they exist, must be plain files of their own: a symbolic
+        link (or a hard link, a directory, a FIFO) planted there would have the download written
+        wherever it leads, so it raises LayoutSymlinkError or LayoutError and nothing is written.
+        """
+        path = self.path(digest)
+        claim = path + CLAIM_SUFFIX
+        fd = hostfs.flock(claim, timeout, f"the download of {digest}")
+        try:
+            self.check(digest)
+            yield path
+        finally:
+            try:
+                if not os.path.lexists(path):
+                    # committed or abandoned: the claim file has nothing left to guard
+                    hostfs.unlink_quiet(claim)
+            finally:
+                os.close(fd)
+
+    def write_temp(self, data: bytes, fsync: bool, doing: str, mode: int) -> str:
+        """Write ``data`` into a new temp file, locked while written; return its path (to rename)."""
+        directory = self._make()
+        while True:
+            try:
+                fd, tmp = hostfs.create_temp(directory, TEMP_PREFIX, mode=mode)
+            except OSError as exc:
+                raise translate_os_error(exc, doing, directory) from None
+            try:
+                # cleanup() skips temp files locked by their writer; it may have removed this one between
+                # creation and lock, in which case the file has no name left: start again.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_nlink == 0:
+                    continue
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                hostfs.unlink_quiet(tmp)
+                raise translate_os_error(exc, doing, tmp) from None
+            except BaseException:
+                hostfs.unlink_quiet(tmp)
+                raise
+            finally:
+                os.close(fd)
+            return tmp
+
+    def cleanup(self, keep: Iterable[str] = frozenset()) -> list[str]:
+        """Remove downloads, their journals and claims, and stale temp files; return the paths removed.
+
+        Downloads of the digests in ``keep`` stay, and so does anything another process (or thread) is
+        using at the moment: a claimed download, a temp file being written. Unknown files are left alone.
+        """
+        kept = {digest_hex(digest) for digest in keep}
+        try:
+            names = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise translate_os_error(exc, "listing partial downloads", self.directory) from None
+        removed: list[str] = []
+        groups: set[str] = set()
+        for name in names:
+            base = name
+            for suffix in (JOURNAL_SUFFIX, CLAIM_SUFFIX):
+                if name.endswith(suffix):
+                    base = name[:-len(suffix)]
+            if HEX_RE.fullmatch(base):
+                groups.add(base)
+            elif name.startswith(TEMP_PREFIX):
+                path = os.path.join(self.directory, name)
+                fd = hostfs.try_flock(path)
+                if fd is not None:
+                    try:
+                        if hostfs.unlink_quiet(path):
+                            removed.append(path)
+                    finally:
+                        os.close(fd)
+        for base in sorted(groups - kept):
+            removed.extend(self._remove_unclaimed(os.path.join(self.directory, base)))
+        return removed
+
+    @staticmethod
+    def _remove_unclaimed(path: str) -> list[str]:
+        try:
+            fd = hostfs.flock(path + CLAIM_SUFFIX, 0, "a partial download")
+        except hostfs.LockTimeoutError:
+            return []  # claimed: in use by someone else
+        removed = []
+        try:
+            for victim in (path, journal_path(path)):
+                if os.path.isdir(victim) and not os.path.islink(victim):
+                    continue  # not something this collection makes: left alone, like any unknown file
+                try:
+                    if hostfs.unlink_quiet(victim):
+                        removed.append(victim)
+                except OSError as exc:
+                    raise translate_os_error(exc, "removing a partial download", victim) from None
+            hostfs.unlink_quiet(path + CLAIM_SUFFIX)
+        finally:
+            os.close(fd)
+        return removed
+
+
+def _refuse_planted(path: str, digest: str) -> None:
+    """Refuse anything at ``path`` (a partial download or its journal) but a plain file with one name."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise translate_os_error(exc, f"checking the download of {digest}", path) from None
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise LayoutSymlinkError(
+            f"{path} is a symbolic link (to {target}) where the download of {digest} is kept; this collection never makes "
+            "one, so nothing is written through it: remove it (and find out who put it there), then run again.")
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        kind = "a file with other names (hard links)" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise LayoutError(
+            f"{path}, where the download of {digest} is kept, is {kind}; this collection never makes one, so nothing is "
+            "written to it: remove it, then run again.")

@@ -18,9 +18,8 @@ from typing import Any, Iterable, Optional, Set
 
 from ansible_collections.ecrkit.images.plugins.module_utils import manifest, manifest_parser
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
-    IMAGE_NAME_ANNOTATION, INDEX_FILE, OciLayout, check_descriptor, ref_name,
-)
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import IMAGE_NAME_ANNOTATION, INDEX_FILE, check_descriptor, ref_name
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def _sweep(store: OciLayout, check_mode: bool, replacing: Optional[str], keep: f
     removed = [(digest, size) for digest, size in store.stored_blobs()
                if digest not in referenced and (check_mode or store.remove_blob(digest))]
     if not check_mode:
-        store.remove_orphan_stamps()
+        store.stamps.remove_orphans(store.blob_path)
     return PruneResult(tuple(removed))
 
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
 
-from ansible_collections.ecrkit.images.plugins.module_utils import argspec, containerd, download, hostfs, layout, manifest
+from ansible_collections.ecrkit.images.plugins.module_utils import argspec, containerd, download, hostfs, layout_format, manifest
 from ansible_collections.ecrkit.images.plugins.module_utils.destinations import (
     ALL_PLATFORMS, BlobStore, Destination, LayoutDestination, Plan, config_platform, entry_for, image_platform, open_destination, stored)
 from ansible_collections.ecrkit.images.plugins.module_utils.ecr import EcrRepository
@@ -223,11 +223,11 @@ def _record(store: OciLayout, options: PullOptions, plan: Plan) -> None:
     """
     descriptor = plan.entry.to_json()
     descriptor["annotations"] = dict(descriptor.get("annotations") or {},
-                                     **{layout.IMAGE_NAME_ANNOTATION: options.image_name, layout.RESOLVED_ANNOTATION: plan.top.digest})
+                                     **{layout_format.IMAGE_NAME_ANNOTATION: options.image_name, layout_format.RESOLVED_ANNOTATION: plan.top.digest})
     with store.lock():
         store.set_tag(options.image_name, descriptor)
         alias = store.find_tag(options.short_name)
-        if alias is None or (alias.get("annotations") or {}).get(layout.IMAGE_NAME_ANNOTATION) == options.image_name:
+        if alias is None or (alias.get("annotations") or {}).get(layout_format.IMAGE_NAME_ANNOTATION) == options.image_name:
             store.set_tag(options.short_name, descriptor)
 
 
@@ -290,7 +290,7 @@ def _plan(options: PullOptions, repository: EcrRepository, store: Optional[BlobS
         if store is not None and store.has_blob(descriptor.digest, descriptor.size):
             try:
                 return parse_referenced(descriptor, store.read_blob(descriptor.digest), descriptor.media_type)
-            except layout.BlobMismatchError:
+            except layout_format.BlobMismatchError:
                 pass  # altered on disk: fetched again, and stored again with the other documents
         raw, media_type, dummy = repository.get_manifest({"imageDigest": descriptor.digest},
                                                          manifest.ACCEPTED_MANIFEST_TYPES)
@@ -321,8 +321,8 @@ def _download(options: PullOptions, repository: EcrRepository, store: OciLayout,
     not fetched again.
     """
     for blob in blobs:  # a link planted at a partial file fails the pull before any request
-        store.check_partial(blob.digest)
-    jobs = [download.BlobJob(digest=blob.digest, size=blob.size, path=store.partial_path(blob.digest),
+        store.partials.check(blob.digest)
+    jobs = [download.BlobJob(digest=blob.digest, size=blob.size, path=store.partials.path(blob.digest),
                              get_url=_url_provider(repository, blob.digest), claim=_claim(store, blob),
                              commit=_committer(store)) for blob in blobs]
     results: List[download.DownloadResult] = []
@@ -330,14 +330,14 @@ def _download(options: PullOptions, repository: EcrRepository, store: OciLayout,
         with TransferPool(options.max_concurrent_downloads, verify=options.tls_verify, retry=options.blob_retry,
                           read_timeout=options.download_timeout) as pool:
             results = download.download_blobs(pool, jobs, chunk_size=options.chunk_size, ranged=options.ranged_downloads)
-    store.cleanup_partials()  # also what a killed run left of blobs it had committed
+    store.partials.cleanup()  # also what a killed run left of blobs it had committed
     return sum(result.bytes_transferred for result in results)
 
 
 def _claim(store: OciLayout, blob: Descriptor) -> Callable[[], ContextManager[bool]]:
     @contextlib.contextmanager
     def claim() -> Iterator[bool]:
-        with store.claim_partial(blob.digest):
+        with store.partials.claim(blob.digest):
             yield not stored(store, blob)  # another run may have stored it while this one waited
     return claim
 

@@ -338,18 +338,6 @@ class ImageRef:
         """Whether the host is a dual-stack (IPv4 and IPv6) registry host (``dkr-ecr[-fips]``)."""
         return _parse_host(self.host, None).dual_stack
 
-    def with_tag(self, tag: str | None) -> ImageRef:
-        """A copy with ``tag`` (validated) as its tag; the digest is kept. None drops the tag."""
-        if tag is not None:
-            _check_tag(tag, None)
-        return dataclasses.replace(self, tag=tag)
-
-    def with_digest(self, digest: str | None) -> ImageRef:
-        """A copy with ``digest`` (validated) as its digest; the tag is kept. None drops the digest."""
-        if digest is not None:
-            _check_digest(digest, None)
-        return dataclasses.replace(self, digest=digest)
-
 
 def _check_text(text: object) -> str:
     if not isinstance(text, str):

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Protocol,
 from ansible_collections.ecrkit.images.plugins.module_utils import archive, archive_read, containerd, manifest, upload
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import Hasher, of_bytes as digest_of_bytes, of_fd as digest_of_fd
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError, storage_error
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
-    BLOB_DIGEST_MISMATCH, BLOB_MISSING, BLOB_NOT_A_FILE, BLOB_PRESENT, BLOB_SIZE_MISMATCH, OciLayout, ref_name)
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import (
+    BLOB_DIGEST_MISMATCH, BLOB_MISSING, BLOB_NOT_A_FILE, BLOB_PRESENT, BLOB_SIZE_MISMATCH, ref_name)
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import Descriptor
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest_parser import parse_manifest, parse_referenced
 

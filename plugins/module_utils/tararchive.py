@@ -43,7 +43,7 @@ from ansible_collections.ecrkit.images.plugins.module_utils.archive import (
     ArchiveError, ArchiveFormatError, ArchiveTooLargeError, UnsafeArchiveError, file_kind, show_name)
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import digest_hex, matches as digest_matches, of_stream as digest_of_stream
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import EcrkitError
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import (
     BLOB_DIGEST_MISMATCH,
     BLOB_MISSING,
     BLOB_PRESENT,
@@ -367,7 +367,6 @@ class TarArchive:
         self.path = os.path.abspath(os.fspath(path))
         self.blob_names: dict[str, str] = {}
         self.compression: str | None = None
-        self._fd = -1
         fd = self._fd = _open_regular(self.path, follow_symlinks)
         try:
             magic = os.pread(fd, 8, 0)
@@ -383,8 +382,7 @@ class TarArchive:
             if self.compression:
                 self._fd = self._decompress(fd, tmpdir)
                 os.close(fd)
-            self._members: dict[str, _Member] = {}
-            self._members = self._scan()
+            self._members: dict[str, _Member] = self._scan()
             for member in self._members.values():
                 if member.kind == "link":
                     # every link must end at a file or directory of the archive: it leads nowhere else
@@ -416,12 +414,10 @@ class TarArchive:
             return os.dup(temp.fileno())
         except EcrkitError:
             raise
-        except (EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+        except (EOFError, zlib.error, lzma.LZMAError, ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:  # without errno: bz2 and gzip reporting corrupt data
+                raise translate_os_error(exc, f"decompressing {self.path}", where) from None
             raise ArchiveFormatError(f"{self.path} is not a valid {self.compression} file ({failure_reason(exc)}).") from None
-        except OSError as exc:
-            if exc.errno is None:  # bz2 and gzip report corrupt data as OSError without errno
-                raise ArchiveFormatError(f"{self.path} is not a valid {self.compression} file ({failure_reason(exc)}).") from None
-            raise translate_os_error(exc, f"decompressing {self.path}", where) from None
         except Exception as exc:  # pylint: disable=broad-except  # hostile input: whatever breaks, one sentence
             raise ArchiveFormatError(f"{self.path} could not be decompressed as {self.compression} ({failure_reason(exc)}).") from None
         finally:
@@ -440,11 +436,9 @@ class TarArchive:
                         self._add_member(members, info, total)
         except EcrkitError:
             raise
-        except OSError as exc:
-            if exc.errno is not None:
-                raise ArchiveError(f"Cannot read the archive {self.path}: {exc.strerror or exc}.") from None
-            raise ArchiveFormatError(f"{self.path} is not a readable tar archive ({failure_reason(exc)}).") from None
         except Exception as exc:  # pylint: disable=broad-except  # hostile input: whatever breaks, one sentence
+            if isinstance(exc, OSError) and exc.errno is not None:  # the file, not its content
+                raise ArchiveError(f"Cannot read the archive {self.path}: {exc.strerror or exc}.") from None
             raise ArchiveFormatError(f"{self.path} is not a readable tar archive ({failure_reason(exc)}).") from None
         return members
 

@@ -1,7 +1,7 @@
 # Copyright: Contributors to the ecrkit.images project
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the tests of layout.py and prune.py share: small blobs and descriptors, a listing of a layout,
-a worker process that runs a script against a layout, a partial download on disk, a fresh layout."""
+"""What the tests of layout.py, partial.py and prune.py share: small blobs and descriptors, a listing of a
+layout, a worker process that runs a script against a layout, partial downloads on disk, a fresh layout."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
+import re
 import textwrap
+from dataclasses import dataclass
 
 import pytest
 
@@ -46,9 +48,28 @@ def run_worker(script, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@dataclass(frozen=True)
+class Partial:
+    """A download in progress found on disk."""
+
+    digest: str
+    path: str
+    size: int
+    journal: bool
+
+
+def partials_of(layout):
+    """The partial downloads in ``layout``, sorted by digest: what a test looks for after a pull or a cleanup."""
+    directory = layout.partials.directory
+    names = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+    return [Partial("sha256:" + name, os.path.join(directory, name), os.path.getsize(os.path.join(directory, name)),
+                    name + ".journal" in names)
+            for name in sorted(names) if re.fullmatch(r"[0-9a-f]{64}", name) and os.path.isfile(os.path.join(directory, name))]
+
+
 def write_partial(layout, data):
     digest = sha(data)
-    path = layout.partial_path(digest)
+    path = layout.partials.path(digest)
     with open(path, "wb") as handle:
         handle.write(data)
     return digest, path

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import ecr, pull
+from ansible_collections.ecrkit.images.plugins.module_utils import ecr, pull, retry
 
 EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
 if EMULATOR_DIR not in sys.path:
@@ -45,4 +45,4 @@ def options(endpoint, tag, dest, **kwargs):
 
 
 def run(endpoint, opts):
-    return pull.pull(opts, lambda ref: ecr.EcrRepository(endpoint.client(), ref, ecr.RetryPolicy(attempts=2)))
+    return pull.pull(opts, lambda ref: ecr.EcrRepository(endpoint.client(), ref, retry.RetryPolicy(attempts=2)))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import ecr, manifest, push
+from ansible_collections.ecrkit.images.plugins.module_utils import ecr, manifest, push, retry
 
 EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
 if EMULATOR_DIR not in sys.path:
@@ -31,7 +31,7 @@ def run(endpoint, src, tag="1.0", **kwargs):
     kwargs.setdefault("create_repository", True)
     kwargs.setdefault("max_concurrent_uploads", 3)
     options = push.PushOptions.from_params(ref=ref_for(endpoint, tag, kwargs.pop("repository", "team/app")), src=str(src), **kwargs)
-    return push.push(options, lambda ref: ecr.EcrRepository(endpoint.client(), ref, ecr.RetryPolicy(attempts=2)))
+    return push.push(options, lambda ref: ecr.EcrRepository(endpoint.client(), ref, retry.RetryPolicy(attempts=2)))
 
 
 def ecr_tag(endpoint, tag, repository="team/app"):

@@ -16,7 +16,7 @@ import tarfile
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import containerd, destinations, layout, pull
+from ansible_collections.ecrkit.images.plugins.module_utils import containerd, destinations, layout, layout_format, pull
 
 TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 for sub in ("containerd", "emulator"):
@@ -284,7 +284,7 @@ def test_ingest_never_follows_a_link_swapped_in_for_a_staged_blob(private_contai
     path = staging.blob_path(layer["digest"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.symlink(str(secret), path)
-    with pytest.raises(layout.LayoutError):
+    with pytest.raises(layout_format.LayoutError):
         with staging.open_blob(layer["digest"]) as handle:
             client.ingest(handle, layer["digest"], layer["size"])
     assert layer["digest"] not in client.content_digests()

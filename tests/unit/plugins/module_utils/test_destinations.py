@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import archive, archive_read, containerd, hostfs, layout, pull
+from ansible_collections.ecrkit.images.plugins.module_utils import archive, archive_read, containerd, hostfs, layout_format, pull
 
 TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 for sub in ("containerd", "emulator", os.path.join("unit", "plugins", "module_utils")):
@@ -59,10 +59,10 @@ def test_a_symlinked_dest_is_refused_before_any_call(seeded, tmp_path):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     (tmp_path / "link.tar").symlink_to(tmp_path / "real.tar")
     endpoint.reset_stats()
-    for dest, kwargs, error in ((tmp_path / "link", {}, layout.LayoutSymlinkError),
-                                (tmp_path / "dangling", {}, layout.LayoutSymlinkError),
-                                (str(tmp_path / "link") + "/", {}, layout.LayoutSymlinkError),
-                                (tmp_path / "link", {"check_mode": True}, layout.LayoutSymlinkError),
+    for dest, kwargs, error in ((tmp_path / "link", {}, layout_format.LayoutSymlinkError),
+                                (tmp_path / "dangling", {}, layout_format.LayoutSymlinkError),
+                                (str(tmp_path / "link") + "/", {}, layout_format.LayoutSymlinkError),
+                                (tmp_path / "link", {"check_mode": True}, layout_format.LayoutSymlinkError),
                                 (tmp_path / "link.tar", {"format": "oci-archive"}, archive.UnsafeArchiveError),
                                 (tmp_path / "link.tar", {"format": "docker-archive"}, archive.UnsafeArchiveError)):
         with pytest.raises(error) as info:
@@ -81,7 +81,7 @@ def test_a_symlinked_staging_layout_is_refused_before_any_download(seeded, tmp_p
     elsewhere.mkdir()
     (tmp_path / ".image.tar.ecrkit-staging").symlink_to(elsewhere)
     endpoint.reset_stats()
-    with pytest.raises(layout.LayoutSymlinkError, match="is a symbolic link"):
+    with pytest.raises(layout_format.LayoutSymlinkError, match="is a symbolic link"):
         run(endpoint, options(endpoint, "one", tmp_path / "image.tar", format="oci-archive"))
     assert endpoint.stats()["blob_requests"] == 0
     assert not os.listdir(elsewhere) and not (tmp_path / "image.tar").exists()

@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -23,7 +22,9 @@ import pytest
 from ansible_collections.ecrkit.images.plugins.module_utils import layout as layout_mod
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import InvalidDigestError
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError, NotWritableError
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
+from ansible_collections.ecrkit.images.plugins.module_utils.hostfs import LockTimeoutError
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import (
     BLOB_DIGEST_MISMATCH,
     BLOB_MISSING,
     BLOB_NOT_A_FILE,
@@ -36,9 +37,7 @@ from ansible_collections.ecrkit.images.plugins.module_utils.layout import (
     InvalidDescriptorError,
     LayoutError,
     LayoutSymlinkError,
-    LockTimeoutError,
     NotALayoutError,
-    OciLayout,
     translate_os_error,
 )
 
@@ -49,8 +48,8 @@ for directory in (EMULATOR_DIR, os.path.dirname(os.path.abspath(__file__))):  # 
 
 import sample_images as si  # noqa: E402  pylint: disable=wrong-import-position
 from layout_support import (  # noqa: E402  pylint: disable=wrong-import-position,unused-import
-    COLLECTIONS_ROOT, MANIFEST_TYPE, descriptor, fixture_layout, listing, needs_skopeo, needs_umoci, run_worker, sha, tool,
-    write_partial,
+    COLLECTIONS_ROOT, MANIFEST_TYPE, descriptor, fixture_layout, listing, needs_skopeo, needs_umoci, partials_of, run_worker,
+    sha, tool, write_partial,
 )
 
 
@@ -219,7 +218,7 @@ HOSTILE_DIGESTS = [
 @pytest.mark.parametrize("digest", HOSTILE_DIGESTS)
 def test_hostile_digests_never_become_paths(layout, digest):
     for call in (lambda: layout.blob_path(digest), lambda: layout.has_blob(digest, 1), lambda: layout.open_blob(digest),
-                 lambda: layout.partial_path(digest), lambda: layout.commit_blob(__file__, digest, 1),
+                 lambda: layout.partials.path(digest), lambda: layout.commit_blob(__file__, digest, 1),
                  lambda: layout.write_blob(b"x", expected_digest=digest if digest is not None else ""),
                  lambda: layout.set_tag("t", {"mediaType": MANIFEST_TYPE, "digest": digest, "size": 1})):
         with pytest.raises(InvalidDigestError, match="not a valid digest|only sha256"):
@@ -250,7 +249,7 @@ def test_write_blob_and_read_it_back(layout):
     with layout.open_blob(digest) as handle:
         assert handle.read() == b'{"hello": 1}'
     assert layout.write_blob(b'{"hello": 1}', expected_digest=digest) == digest
-    assert layout.list_partials() == [] and os.listdir(os.path.join(layout.root, ".ecrkit", "partial")) == []
+    assert partials_of(layout) == [] and os.listdir(os.path.join(layout.root, ".ecrkit", "partial")) == []
 
 
 def test_write_blob_with_wrong_expected_digest_writes_nothing(layout):
@@ -305,25 +304,17 @@ def test_blob_that_is_a_symlink_is_not_a_blob(layout, tmp_path):
 
 # partials and commits ----------------------------------------------------------------------------
 
-def test_partials_live_outside_blobs(layout):
-    digest = sha(b"abc")
-    path = layout.partial_path(digest)
-    assert path == os.path.join(layout.root, ".ecrkit", "partial", digest[7:])
-    assert os.path.isdir(os.path.dirname(path))
-    assert layout.partial_path(digest) == path  # the same every run: a download resumes
-
-
 def test_commit_is_the_only_way_a_blob_becomes_visible(layout):
     data = b"0123456789" * 100
     digest = sha(data)
-    partial = layout.partial_path(digest)
+    partial = layout.partials.path(digest)
     with open(partial, "wb") as handle:  # an interrupted download (or a crash before the rename)
         handle.write(data[:500])
     with open(partial + ".journal", "w", encoding="utf-8") as handle:
         handle.write("{}")
     assert layout.blob_status(digest, len(data)) == BLOB_MISSING
     assert not os.path.exists(layout.blob_path(digest))
-    assert [(p.digest, p.size, p.journal) for p in layout.list_partials()] == [(digest, 500, True)]
+    assert [(p.digest, p.size, p.journal) for p in partials_of(layout)] == [(digest, 500, True)]
     with pytest.raises(BlobMismatchError, match=f"Refusing to commit blob {digest}: .* holds 500 bytes where 1000 were expected"):
         layout.commit_blob(partial, digest, len(data))
     assert not os.path.exists(layout.blob_path(digest)) and os.path.exists(partial)
@@ -332,7 +323,7 @@ def test_commit_is_the_only_way_a_blob_becomes_visible(layout):
     assert layout.commit_blob(partial, digest, len(data)) == layout.blob_path(digest)
     assert layout.has_blob(digest, len(data), verify=True)
     assert not os.path.exists(partial) and not os.path.exists(partial + ".journal")
-    assert layout.list_partials() == []
+    assert partials_of(layout) == []
 
 
 def test_commit_errors(layout, tmp_path):
@@ -353,124 +344,6 @@ def test_commit_without_fsync(layout):
     digest, partial = write_partial(layout, b"quick")
     layout.commit_blob(partial, digest, 5, fsync=False)
     assert layout.has_blob(digest, 5, verify=True)
-
-
-def test_killed_download_leaves_no_visible_blob_and_releases_its_claim(layout):
-    data = os.urandom(1 << 16)
-    digest = sha(data)
-    worker = run_worker("""
-        import sys, time
-        from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
-        layout = OciLayout(sys.argv[1])
-        with layout.claim_partial(sys.argv[2]) as path:
-            with open(path, "wb") as handle:
-                handle.write(b"x" * 1000)
-                handle.flush()
-                print("written", flush=True)
-                time.sleep(60)
-    """, layout.root, digest)
-    try:
-        assert worker.stdout.readline().strip() == "written"
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        worker.stdout.close()
-        worker.stderr.close()
-    assert layout.blob_status(digest, len(data)) == BLOB_MISSING
-    assert [(p.digest, p.size) for p in layout.list_partials()] == [(digest, 1000)]
-    with layout.claim_partial(digest, timeout=5) as path:  # the dead process's claim went with it
-        with open(path, "r+b") as handle:
-            handle.seek(0)
-            handle.write(data)
-        layout.commit_blob(path, digest, len(data))
-    assert layout.has_blob(digest, len(data), verify=True)
-    assert os.listdir(os.path.join(layout.root, ".ecrkit", "partial")) == []
-
-
-def _plant_link(path, outside):
-    os.symlink(outside, path)
-
-
-def _plant_hard_link(path, outside):
-    os.link(outside, path)
-
-
-def _plant_directory(path, outside):  # pylint: disable=unused-argument
-    os.mkdir(path)
-
-
-@pytest.mark.parametrize("suffix", ["", ".journal"])
-@pytest.mark.parametrize("plant, error, message", [
-    (_plant_link, LayoutSymlinkError, "is a symbolic link (to {outside}) where the download of"),
-    (_plant_hard_link, LayoutError, "is a file with other names (hard links); this collection never makes one"),
-    (_plant_directory, LayoutError, "is not a regular file"),
-])
-def test_a_planted_partial_is_never_written_through(layout, tmp_path, suffix, plant, error, message):
-    """Someone who can write in the layout plants a link where a download (or its journal) goes; the
-    transfer engine opens that path to write: the claim refuses first, and the target is left alone."""
-    outside = tmp_path / "precious"
-    outside.write_bytes(b"do not touch")
-    digest = sha(b"blob")
-    plant(layout.partial_path(digest) + suffix, outside)
-    with pytest.raises(error) as caught:
-        with layout.claim_partial(digest):
-            pytest.fail("claimed a planted partial")
-    assert message.format(outside=outside) in str(caught.value) and "remove it" in str(caught.value)
-    assert str(caught.value).endswith(".") and "\n" not in str(caught.value)
-    assert outside.read_bytes() == b"do not touch"
-    target = layout.partial_path(digest) + suffix
-    if os.path.isdir(target) and not os.path.islink(target):
-        os.rmdir(target)
-    else:
-        os.unlink(target)
-    with layout.claim_partial(digest, timeout=5) as path:  # once removed, the download goes ahead (the claim was released)
-        assert path == layout.partial_path(digest)
-
-
-def test_cleanup_leaves_a_planted_directory_alone(layout):
-    """A directory named like a partial download is not one: cleanup (which a pull runs once its downloads
-    are committed) leaves it, as any unknown file, instead of failing with a raw OSError."""
-    planted = layout.partial_path(sha(b"planted"))
-    os.mkdir(planted)
-    os.mkdir(planted + ".journal")
-    digest, partial = write_partial(layout, b"stale")
-    assert layout.cleanup_partials() == [partial]
-    assert os.path.isdir(planted) and os.path.isdir(planted + ".journal") and not os.path.exists(partial)
-    assert digest not in [item.digest for item in layout.list_partials()]
-
-
-def test_claim_is_exclusive_and_times_out(layout):
-    digest = sha(b"claimed")
-    other = OciLayout(layout.root)
-    with layout.claim_partial(digest):
-        with pytest.raises(LockTimeoutError, match=f"Timed out after 0.2 s waiting for the download of {digest}"):
-            with other.claim_partial(digest, timeout=0.2):
-                pass
-    with other.claim_partial(digest, timeout=0.2) as path:
-        assert path == layout.partial_path(digest)
-
-
-def test_cleanup_partials_keeps_what_is_kept_or_in_use(layout):
-    first, first_path = write_partial(layout, b"first")
-    second, second_path = write_partial(layout, b"second")
-    third, third_path = write_partial(layout, b"third")
-    with open(first_path + ".journal", "w", encoding="utf-8") as handle:
-        handle.write("{}")
-    with open(os.path.join(os.path.dirname(first_path), "tmp-stale"), "wb") as handle:
-        handle.write(b"left by a crash")
-    with open(os.path.join(os.path.dirname(first_path), "unknown-file"), "wb") as handle:
-        handle.write(b"not ours to judge")
-    other = OciLayout(layout.root)
-    with other.claim_partial(third):  # another process (or thread) is downloading it right now
-        removed = layout.cleanup_partials(keep={second})
-    assert sorted(os.path.basename(path) for path in removed) == sorted([first[7:], first[7:] + ".journal", "tmp-stale"])
-    assert sorted(p.digest for p in layout.list_partials()) == sorted([second, third])
-    assert os.path.exists(os.path.join(os.path.dirname(first_path), "unknown-file"))
-    layout.cleanup_partials()
-    assert layout.list_partials() == []
-    assert os.listdir(os.path.dirname(first_path)) == ["unknown-file"]
 
 
 # index.json --------------------------------------------------------------------------------------
@@ -630,7 +503,7 @@ def test_concurrent_writers_keep_every_entry(tmp_path):
     for tag in tags:
         entry = layout.find_tag(tag)
         assert layout.has_blob(entry["digest"], entry["size"], verify=True)
-    assert layout.cleanup_partials() == []  # no temp file left behind
+    assert layout.partials.cleanup() == []  # no temp file left behind
 
 
 def test_creating_a_layout_waits_for_a_concurrent_initialiser(tmp_path):
@@ -661,7 +534,7 @@ DOWNLOADER = """
     layout = OciLayout(root)
     while not os.path.exists(go):
         time.sleep(0.001)
-    with layout.claim_partial(digest) as path:
+    with layout.partials.claim(digest) as path:
         if layout.has_blob(digest, len(data)):
             print("present")
             sys.exit(0)
@@ -702,7 +575,7 @@ def sample_layout_with_partials(tmp_path):
     dummy, partial = write_partial(layout, b"half a layer")
     with open(partial + ".journal", "w", encoding="utf-8") as handle:
         handle.write("{}")
-    with open(layout.partial_path(sha(b"another")), "wb") as handle:
+    with open(layout.partials.path(sha(b"another")), "wb") as handle:
         handle.write(b"an")
     return layout, built
 
@@ -710,7 +583,7 @@ def sample_layout_with_partials(tmp_path):
 @needs_skopeo
 def test_skopeo_reads_and_writes_a_layout_with_partials(tmp_path):
     layout, built = sample_layout_with_partials(tmp_path)
-    with layout.claim_partial(sha(b"another")):  # even while a download holds its claim
+    with layout.partials.claim(sha(b"another")):  # even while a download holds its claim
         inspected = json.loads(tool("skopeo", "inspect", f"oci:{layout.root}:v1"))
     assert inspected["Digest"] == built.digest
     assert inspected["Layers"] == [desc.digest for desc in built.layers]
@@ -721,7 +594,7 @@ def test_skopeo_reads_and_writes_a_layout_with_partials(tmp_path):
     tool("skopeo", "copy", "--quiet", f"oci:{copy_root}:v1", f"oci:{layout.root}:v2")
     reopened = OciLayout(layout.root)
     assert reopened.find_tag("v1")["digest"] == built.digest and reopened.find_tag("v2")["digest"] == built.digest
-    assert len(reopened.list_partials()) == 2
+    assert len(partials_of(reopened)) == 2
 
 
 @needs_umoci
@@ -733,7 +606,7 @@ def test_umoci_reads_a_layout_with_partials_and_gc_leaves_them(tmp_path):
     with open(os.path.join(bundle, "rootfs", "etc", "motd"), encoding="utf-8") as handle:
         assert handle.read() == "Hello from the ecrkit.images demo image.\n"
     tool("umoci", "gc", "--layout", layout.root)
-    assert len(layout.list_partials()) == 2
+    assert len(partials_of(layout)) == 2
     for desc in built.blob_descriptors():
         assert layout.has_blob(desc.digest, desc.size, verify=True)
 

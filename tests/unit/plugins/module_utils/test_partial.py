@@ -1,12 +1,14 @@
 # Copyright: Contributors to the ecrkit.images project
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Partial files: the journal and the plan of ranges it gives, and the local storage errors of a
-download (no space, disk full, unwritable, locked, links planted at the partial or its journal)."""
+"""Partial files: the journal and the plan of ranges it gives, the local storage errors of a download
+(no space, disk full, unwritable, locked, links planted at the partial or its journal), and the partial
+directory of a layout (claims, cleanup)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 
 import pytest
@@ -14,6 +16,9 @@ from hypothesis import given, settings, strategies as st
 
 from ansible_collections.ecrkit.images.plugins.module_utils.download import BlobJob, download_blobs
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError, NotWritableError, StorageError
+from ansible_collections.ecrkit.images.plugins.module_utils.hostfs import LockTimeoutError
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import BLOB_MISSING, LayoutError, LayoutSymlinkError
 from ansible_collections.ecrkit.images.plugins.module_utils.partial import journal_path, plan_ranges, read_journal
 from ansible_collections.ecrkit.images.plugins.module_utils.pool import TransferPool
 
@@ -24,6 +29,7 @@ for directory in (HERE, EMULATOR_DIR):  # the helpers beside this file, the loca
         sys.path.insert(0, directory)
 
 # pylint: disable=wrong-import-position
+from layout_support import fixture_layout, partials_of, run_worker, sha, write_partial  # noqa: E402,F401  pylint: disable=unused-import
 from transfer_support import CHUNK, MIB, blob_bytes, job_for, pool, read  # noqa: E402
 
 
@@ -150,3 +156,132 @@ def test_a_link_planted_at_the_partial_or_journal_is_not_written_through(blob_se
         with pytest.raises(EcrkitError, match="is a symbolic link" if link == "symbolic" else "has other names"):
             download_blobs(pool, [BlobJob(blob.digest, len(data), path, blob.get_url)], chunk_size=MIB)
     assert target.read_bytes() == b"root:secret\n"
+
+
+# -- the partial directory of a layout: claims and cleanup ------------------------------------------
+
+
+def test_partials_live_outside_blobs(layout):
+    digest = sha(b"abc")
+    path = layout.partials.path(digest)
+    assert path == os.path.join(layout.root, ".ecrkit", "partial", digest[7:])
+    assert os.path.isdir(os.path.dirname(path))
+    assert layout.partials.path(digest) == path  # the same every run: a download resumes
+
+
+def test_killed_download_leaves_no_visible_blob_and_releases_its_claim(layout):
+    data = os.urandom(1 << 16)
+    digest = sha(data)
+    worker = run_worker("""
+        import sys, time
+        from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
+        layout = OciLayout(sys.argv[1])
+        with layout.partials.claim(sys.argv[2]) as path:
+            with open(path, "wb") as handle:
+                handle.write(b"x" * 1000)
+                handle.flush()
+                print("written", flush=True)
+                time.sleep(60)
+    """, layout.root, digest)
+    try:
+        assert worker.stdout.readline().strip() == "written"
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.stdout.close()
+        worker.stderr.close()
+    assert layout.blob_status(digest, len(data)) == BLOB_MISSING
+    assert [(p.digest, p.size) for p in partials_of(layout)] == [(digest, 1000)]
+    with layout.partials.claim(digest, timeout=5) as path:  # the dead process's claim went with it
+        with open(path, "r+b") as handle:
+            handle.seek(0)
+            handle.write(data)
+        layout.commit_blob(path, digest, len(data))
+    assert layout.has_blob(digest, len(data), verify=True)
+    assert os.listdir(os.path.join(layout.root, ".ecrkit", "partial")) == []
+
+
+def _plant_link(path, outside):
+    os.symlink(outside, path)
+
+
+def _plant_hard_link(path, outside):
+    os.link(outside, path)
+
+
+def _plant_directory(path, outside):  # pylint: disable=unused-argument
+    os.mkdir(path)
+
+
+@pytest.mark.parametrize("suffix", ["", ".journal"])
+@pytest.mark.parametrize("plant, error, message", [
+    (_plant_link, LayoutSymlinkError, "is a symbolic link (to {outside}) where the download of"),
+    (_plant_hard_link, LayoutError, "is a file with other names (hard links); this collection never makes one"),
+    (_plant_directory, LayoutError, "is not a regular file"),
+])
+def test_a_planted_partial_is_never_written_through(layout, tmp_path, suffix, plant, error, message):
+    """Someone who can write in the layout plants a link where a download (or its journal) goes; the
+    transfer engine opens that path to write: the claim refuses first, and the target is left alone."""
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"do not touch")
+    digest = sha(b"blob")
+    plant(layout.partials.path(digest) + suffix, outside)
+    with pytest.raises(error) as caught:
+        with layout.partials.claim(digest):
+            pytest.fail("claimed a planted partial")
+    assert message.format(outside=outside) in str(caught.value) and "remove it" in str(caught.value)
+    assert str(caught.value).endswith(".") and "\n" not in str(caught.value)
+    assert outside.read_bytes() == b"do not touch"
+    target = layout.partials.path(digest) + suffix
+    if os.path.isdir(target) and not os.path.islink(target):
+        os.rmdir(target)
+    else:
+        os.unlink(target)
+    with layout.partials.claim(digest, timeout=5) as path:  # once removed, the download goes ahead (the claim was released)
+        assert path == layout.partials.path(digest)
+
+
+def test_cleanup_leaves_a_planted_directory_alone(layout):
+    """A directory named like a partial download is not one: cleanup (which a pull runs once its downloads
+    are committed) leaves it, as any unknown file, instead of failing with a raw OSError."""
+    planted = layout.partials.path(sha(b"planted"))
+    os.mkdir(planted)
+    os.mkdir(planted + ".journal")
+    digest, partial = write_partial(layout, b"stale")
+    assert layout.partials.cleanup() == [partial]
+    assert os.path.isdir(planted) and os.path.isdir(planted + ".journal") and not os.path.exists(partial)
+    assert digest not in [item.digest for item in partials_of(layout)]
+
+
+def test_claim_is_exclusive_and_times_out(layout):
+    digest = sha(b"claimed")
+    other = OciLayout(layout.root)
+    with layout.partials.claim(digest):
+        with pytest.raises(LockTimeoutError, match=f"Timed out after 0.2 s waiting for the download of {digest}"):
+            with other.partials.claim(digest, timeout=0.2):
+                pass
+    with other.partials.claim(digest, timeout=0.2) as path:
+        assert path == layout.partials.path(digest)
+
+
+def test_cleanup_partials_keeps_what_is_kept_or_in_use(layout):
+    first, first_path = write_partial(layout, b"first")
+    second, second_path = write_partial(layout, b"second")
+    third, third_path = write_partial(layout, b"third")
+    with open(first_path + ".journal", "w", encoding="utf-8") as handle:
+        handle.write("{}")
+    with open(os.path.join(os.path.dirname(first_path), "tmp-stale"), "wb") as handle:
+        handle.write(b"left by a crash")
+    with open(os.path.join(os.path.dirname(first_path), "unknown-file"), "wb") as handle:
+        handle.write(b"not ours to judge")
+    other = OciLayout(layout.root)
+    with other.partials.claim(third):  # another process (or thread) is downloading it right now
+        removed = layout.partials.cleanup(keep={second})
+    assert sorted(os.path.basename(path) for path in removed) == sorted([first[7:], first[7:] + ".journal", "tmp-stale"])
+    assert sorted(p.digest for p in partials_of(layout)) == sorted([second, third])
+    assert os.path.exists(os.path.join(os.path.dirname(first_path), "unknown-file"))
+    layout.partials.cleanup()
+    assert partials_of(layout) == []
+    assert os.listdir(os.path.dirname(first_path)) == ["unknown-file"]

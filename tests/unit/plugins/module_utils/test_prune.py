@@ -14,7 +14,9 @@ import time
 import pytest
 
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import digest_hex
-from ansible_collections.ecrkit.images.plugins.module_utils.layout import BLOB_PRESENT, LockTimeoutError, OciLayout
+from ansible_collections.ecrkit.images.plugins.module_utils.hostfs import LockTimeoutError
+from ansible_collections.ecrkit.images.plugins.module_utils.layout import OciLayout
+from ansible_collections.ecrkit.images.plugins.module_utils.layout_format import BLOB_PRESENT
 from ansible_collections.ecrkit.images.plugins.module_utils.prune import prune_layout
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,7 +27,8 @@ for directory in (EMULATOR_DIR, HERE):  # the local ECR endpoint's image builder
 
 # pylint: disable=wrong-import-position,unused-import
 import sample_images as si  # noqa: E402
-from layout_support import descriptor, fixture_layout, listing, needs_umoci, run_worker, sha, tool, write_partial  # noqa: E402,F401
+from layout_support import (  # noqa: E402,F401
+    descriptor, fixture_layout, listing, needs_umoci, partials_of, run_worker, sha, tool, write_partial)
 
 
 # pruning -----------------------------------------------------------------------------------------
@@ -100,7 +103,7 @@ def test_prune_never_touches_partials_temp_files_or_what_it_did_not_make(moved):
     result = prune_layout(layout)
     assert {digest for digest, dummy in result.removed} == {images["old"].digest, images["old"].config_digest}
     assert os.path.exists(partial) and os.path.exists(partial + ".journal")
-    assert [item.digest for item in layout.list_partials()] == [digest]
+    assert [item.digest for item in partials_of(layout)] == [digest]
     for name in ("README", "0" * 64, "1" * 64):
         assert os.path.lexists(os.path.join(blobs, name))
     assert not os.path.exists(orphan)  # a stamp without its blob is only clutter
@@ -177,7 +180,7 @@ MID_PULL = """
     layout.begin_writing()
     data = os.urandom(300000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    with layout.claim_partial(digest) as path:
+    with layout.partials.claim(digest) as path:
         with open(path, "wb") as handle:
             handle.write(data)
         layout.commit_blob(path, digest, len(data))        # committed, not referenced yet

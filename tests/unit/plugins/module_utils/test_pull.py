@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import containerd, ecr, layout, manifest, pull
+from ansible_collections.ecrkit.images.plugins.module_utils import containerd, ecr, layout, layout_format, manifest, pull
 from ansible_collections.ecrkit.images.plugins.module_utils.digest import of_bytes as digest_of_bytes
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import DiskFullError, EcrkitError
 from ansible_collections.ecrkit.images.plugins.module_utils.manifest import ManifestError
@@ -30,6 +30,7 @@ for sub in ("emulator", os.path.join("unit", "plugins", "module_utils")):
 # pylint: disable=wrong-import-position,unused-import,redefined-outer-name
 import sample_images  # noqa: E402
 from fixture import ecr_endpoint, upload_blob  # noqa: E402,F401
+from layout_support import partials_of  # noqa: E402
 from pull_support import MIB, options, run, seeded  # noqa: E402,F401
 
 
@@ -329,9 +330,9 @@ def test_a_layer_whose_size_is_not_its_descriptors_is_never_stored(ecr_endpoint,
     layer = document["layers"][0]
     assert layer["digest"] in str(info.value) and "failed verification" in str(info.value) and "\n" not in str(info.value)
     store = layout.OciLayout(str(tmp_path / "dest"))
-    assert store.blob_status(layer["digest"], layer["size"] - delta) == layout.BLOB_MISSING
+    assert store.blob_status(layer["digest"], layer["size"] - delta) == layout_format.BLOB_MISSING
     assert store.find_tag("liar") is None
-    assert store.partial_path(layer["digest"]) not in [partial.path for partial in store.list_partials()]
+    assert store.partials.path(layer["digest"]) not in [partial.path for partial in partials_of(store)]
 
 
 def test_sizes_larger_than_the_disk_are_refused_before_the_first_byte(ecr_endpoint, tmp_path):
@@ -431,7 +432,7 @@ def test_an_altered_config_in_dest_is_fetched_again(seeded, tmp_path):
         altered = handle.read().replace(b'"amd64"', b'"arm64"')
     with open(path, "wb") as handle:
         handle.write(altered)
-    assert store.blob_status(config.digest, config.size, verify=True) == layout.BLOB_DIGEST_MISMATCH
+    assert store.blob_status(config.digest, config.size, verify=True) == layout_format.BLOB_DIGEST_MISMATCH
     again = run(endpoint, options(endpoint, "one", dest))
     assert again["changed"] and layer_actions(again)[config.digest] == "downloaded"
     assert again["bytes_transferred"] == config.size and again["platform"] == "linux/amd64"
@@ -465,14 +466,14 @@ def test_a_planted_partial_download_is_never_written_through(seeded, tmp_path):
     outside = tmp_path / "precious"
     outside.write_bytes(b"do not touch")
     layer = images["one"].layers[0]
-    os.symlink(outside, store.partial_path(layer.digest))
+    os.symlink(outside, store.partials.path(layer.digest))
     endpoint.reset_stats()
-    with pytest.raises(layout.LayoutSymlinkError) as info:
+    with pytest.raises(layout_format.LayoutSymlinkError) as info:
         run(endpoint, options(endpoint, "one", dest))
-    assert store.partial_path(layer.digest) in str(info.value) and "remove it" in str(info.value)
+    assert store.partials.path(layer.digest) in str(info.value) and "remove it" in str(info.value)
     assert outside.read_bytes() == b"do not touch"
     assert endpoint.stats()["blob_requests"] == 0
-    os.unlink(store.partial_path(layer.digest))
+    os.unlink(store.partials.path(layer.digest))
     assert run(endpoint, options(endpoint, "one", dest))["changed"]
 
 
@@ -527,7 +528,7 @@ def test_two_repositories_with_one_tag_share_a_layout_without_flapping(same_tag,
     store = layout.OciLayout(str(dest))
     assert store.find_tag(web)["digest"] == images["one"].digest and store.find_tag(sidecar)["digest"] == images["two"].digest
     # the tag alone stays with the repository that had it first: it never moves between repositories
-    assert store.find_tag("latest")["annotations"][layout.IMAGE_NAME_ANNOTATION] == web
+    assert store.find_tag("latest")["annotations"][layout_format.IMAGE_NAME_ANNOTATION] == web
     again = [pull_named(endpoint, repository, "latest", dest) for repository in ("team/web", "team/sidecar")]
     assert [result["changed"] for result in again] == [False, False]
     endpoint.reset_stats()
@@ -671,7 +672,7 @@ def test_prune_frees_what_a_moved_tag_left_and_keeps_shared_layers(stable, tmp_p
     assert _stored(dest) == _digests(images["two"]) | sidecar
     store = layout.OciLayout(str(dest))
     for digest in _stored(dest):
-        assert store.verified_status(digest, os.path.getsize(store.blob_path(digest))) == layout.BLOB_PRESENT
+        assert store.verified_status(digest, os.path.getsize(store.blob_path(digest))) == layout_format.BLOB_PRESENT
     for name, digest in ((_by_name(endpoint, "team/web", "stable"), images["two"].digest),
                          (_by_name(endpoint, "team/app", "multi"), amd64.digest)):
         inspected = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{dest}:{name}"], check=True,

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from ansible_collections.ecrkit.images.plugins.module_utils import containerd, ecr, layout, manifest, pull, push, sources
+from ansible_collections.ecrkit.images.plugins.module_utils import containerd, ecr, layout, manifest, pull, push, retry, sources
 from ansible_collections.ecrkit.images.plugins.module_utils.errors import InvalidOptionError, InvalidReferenceError
 
 TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
@@ -94,7 +94,7 @@ class _PartWatch:
         """A repository factory for push.push() whose client's parts are watched."""
         def make(ref):
             client = endpoint.client()
-            made = ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=2))
+            made = ecr.EcrRepository(client, ref, retry.RetryPolicy(attempts=2))
             self.attach(client)  # after the repository's own before-send hook: "sent" is when it goes out
             return made
         return make
@@ -215,7 +215,7 @@ def test_a_layer_refused_for_bytes_altered_on_the_way_is_uploaded_again(ecr_endp
     client = _FlippingClient(ecr_endpoint.client(), flip=[2])  # the big layer's first part (after the config's)
     options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint), src=source, create_repository=True,
                                            max_concurrent_uploads=1)
-    result = push.push(options, lambda ref: ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=2)))
+    result = push.push(options, lambda ref: ecr.EcrRepository(client, ref, retry.RetryPolicy(attempts=2)))
     assert result["changed"] and ecr_tag(ecr_endpoint, "1.0") == (image.digest, image.manifest_bytes)
     assert ecr_endpoint.api_calls("InitiateLayerUpload") == 3  # the config, the big layer twice
     assert ecr_endpoint.stats()["api_errors"]["CompleteLayerUpload"] == {"InvalidLayerException": 1}
@@ -229,7 +229,7 @@ def test_a_layer_refused_twice_fails_in_one_sentence(ecr_endpoint, tmp_path):
     client = _FlippingClient(ecr_endpoint.client(), flip=range(1, 100))
     options = push.PushOptions.from_params(ref=ref_for(ecr_endpoint), src=source, create_repository=True)
     with pytest.raises(ecr.LayerRefusedError) as caught:
-        push.push(options, lambda ref: ecr.EcrRepository(client, ref, ecr.RetryPolicy(attempts=2)))
+        push.push(options, lambda ref: ecr.EcrRepository(client, ref, retry.RetryPolicy(attempts=2)))
     assert str(caught.value).startswith("ECR refused the layer sha256:")
     assert str(caught.value).endswith(": the uploaded bytes do not hash to it, in two uploads from the source; something on "
                                       "the way to ECR (a proxy?) alters the bytes, or the source changes while it is pushed.")
@@ -385,7 +385,7 @@ def in_containerd(ecr_endpoint, private_containerd, tmp_path):
         sample_images.push_image(client, image, "team/origin", create_repository=True)
         options = pull.PullOptions.from_params(ref=ref_for(ecr_endpoint, tag, "team/origin"), dest=str(tmp_path / "staging"),
                                                format="containerd", containerd_address=private_containerd.address)
-        result = pull.pull(options, lambda ref: ecr.EcrRepository(ecr_endpoint.client(), ref, ecr.RetryPolicy(attempts=2)))
+        result = pull.pull(options, lambda ref: ecr.EcrRepository(ecr_endpoint.client(), ref, retry.RetryPolicy(attempts=2)))
         names[tag] = result["containerd"]["images"][0]
     return ecr_endpoint, private_containerd, names, {"one": single, "multi": multi}
 
